@@ -1,0 +1,207 @@
+"""The MQTT shell: a paho-mqtt 2.x client on its own network thread, handing messages to
+the anyio side through a bounded stream (a full stream holds paho's thread, so a slow
+platform pushes back on the broker, not on memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import ssl
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import paho.mqtt.client as mqtt
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from adapter.sepl.state import write_atomically
+
+log = logging.getLogger("adapter.mqtt")
+
+
+class PublishRefused(ValueError):
+    """A publish the adapter will not make next to Home Assistant (device-conventions §3.4):
+    discovery configs (an empty one deletes the device) and HA's birth topic."""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    received: datetime
+
+
+def stable_client_id(state_dir: Path) -> str:
+    """`sepl-adapter-<random>`, created once and kept in the state directory."""
+    path = state_dir / "mqtt-client-id"
+    if path.exists():
+        text = path.read_text(encoding="utf-8").strip()
+        if text:
+            return text
+    client_id = f"sepl-adapter-{secrets.token_hex(4)}"
+    write_atomically(path, client_id + "\n")
+    return client_id
+
+
+def check_publish_topic(topic: str) -> None:
+    if (
+        topic == "homeassistant/status"
+        or (topic.startswith("homeassistant/") and topic.endswith("/config"))
+        or topic.startswith("tasmota/discovery/")
+    ):
+        raise PublishRefused(
+            f"refusing to publish to {topic!r}: it belongs to Home Assistant discovery or status"
+        )
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Any,
+        client_id: str,
+        filters: list[str],
+        buffer: int = 1000,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.filters = list(filters)
+        self.connected = threading.Event()
+        self.received = 0
+        self.undecodable = 0
+        send, receive = anyio.create_memory_object_stream[Message](buffer)
+        self._send: MemoryObjectSendStream[Message] = send
+        self.messages: MemoryObjectReceiveStream[Message] = receive
+        self._token: Any = None
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        v5 = s.mqtt_protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            # A persistent session: QoS 1 messages published while we are away are kept.
+            clean_session=None if v5 else False,
+        )
+        if s.mqtt_username:
+            password = s.mqtt_password.get() if s.mqtt_password else None
+            client.username_pw_set(s.mqtt_username, password)
+        if s.mqtt_tls:
+            context = ssl.create_default_context(
+                cafile=str(s.mqtt_ca_file) if s.mqtt_ca_file else None
+            )
+            if s.mqtt_tls_insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(context)
+        client.will_set(s.mqtt_status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # --- paho thread ---------------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused the connection: %s", reason)
+            return
+        log.info(
+            "connected to mqtt://%s:%d as %s",
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            self.client_id,
+        )
+        if self.filters:
+            client.subscribe([(f, self.settings.mqtt_qos) for f in self.filters])
+        client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        if reason.value != 0:
+            log.warning("lost the broker connection (%s); paho reconnects", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self.undecodable += 1
+            log.warning("dropping a message whose topic is not valid UTF-8")
+            return
+        message = Message(topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC))
+        # Shutting down: the stream is closed or the event loop is gone.
+        with contextlib.suppress(
+            anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError
+        ):
+            anyio.from_thread.run(self._send.send, message, token=self._token)
+
+    # --- anyio side ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect and keep the network thread running until cancelled."""
+        self._token = anyio.lowlevel.current_token()
+        s = self.settings
+        properties = None
+        if s.mqtt_protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 7 * 24 * 3600
+        self._client.connect_async(
+            s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=properties
+        )
+        self._client.loop_start()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._stop)
+
+    def _stop(self) -> None:
+        if self.connected.is_set():
+            info = self._client.publish(
+                self.settings.mqtt_status_topic, "offline", qos=1, retain=True
+            )
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=2)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._send.close()
+
+    async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> None:
+        """Publish a command. Never retained (device-conventions §3.4 item 2)."""
+        check_publish_topic(topic)
+        info = self._client.publish(topic, payload, qos=qos, retain=False)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            raise ConnectionError(f"not connected to the broker; {topic} not published")

@@ -1,0 +1,169 @@
+"""`sepl-adapter sandbox`: a local SEPL platform for development and tests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger("adapter.sandbox")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", default="127.0.0.1:8093", help="host:port (127.0.0.1:8093)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".state/sandbox"),
+        help="SQLite database of gateways, devices and events",
+    )
+    parser.add_argument(
+        "--mappings-dir",
+        type=Path,
+        default=Path(os.environ.get("MAPPINGS_DIR", "mappings")),
+        help="device types and services are generated from these mappings",
+    )
+    parser.add_argument(
+        "--any-device-type",
+        action="store_true",
+        help="accept every device type and service (no registry)",
+    )
+    parser.add_argument(
+        "--users",
+        default=os.environ.get("SANDBOX_USERS", ""),
+        help="user:password,... (default: accept any credentials)",
+    )
+    parser.add_argument("--ping-period", default="20s", help="server ping period (20s)")
+    parser.add_argument("--read-timeout", default="40s", help="read deadline (40s)")
+    parser.add_argument(
+        "--max-errors",
+        type=int,
+        default=5,
+        help="errors in a row tolerated before the session is closed (5)",
+    )
+    parser.add_argument("--loglevel", default=os.environ.get("LOGLEVEL", "info"))
+    sub = parser.add_subparsers(dest="sandbox_command", metavar="ACTION")
+    cmd = sub.add_parser("command", help="send a command to a device and print the response")
+    cmd.add_argument("device", help="device uri, e.g. tasmota:kitchen")
+    cmd.add_argument("service", help="service uri, e.g. on")
+    cmd.add_argument("data", nargs="?", default=None, help="command data (text)")
+    cmd.add_argument("--url", default="http://127.0.0.1:8093", help="sandbox HTTP address")
+    cmd.add_argument("--timeout", type=float, default=10.0)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.sandbox_command == "command":
+        return send_command(args)
+    return serve(args)
+
+
+def send_command(args: argparse.Namespace) -> int:
+    body = json.dumps(
+        {"device": args.device, "service": args.service, "data": args.data, "timeout": args.timeout}
+    ).encode()
+    request = urllib.request.Request(
+        args.url.rstrip("/") + "/commands",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout + 5) as answer:
+            print(json.dumps(json.load(answer), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"error: {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: cannot reach the sandbox at {args.url}: {exc}", file=sys.stderr)
+    return 1
+
+
+def serve(args: argparse.Namespace) -> int:
+    from adapter.config import parse_duration
+    from adapter.sandbox.platform import Platform
+    from adapter.sandbox.server import SandboxServer
+    from adapter.sandbox.store import SandboxStore
+
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        host, port = _split_listen(args.listen)
+        ping_period = parse_duration(args.ping_period)
+        read_timeout = parse_duration(args.read_timeout)
+        users = _parse_users(args.users)
+        device_types = None if args.any_device_type else _device_types(args.mappings_dir)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    store = SandboxStore(args.state_dir / "sandbox.sqlite3")
+    platform = Platform(store, device_types, users, max_errors=args.max_errors)
+    server = SandboxServer(platform, ping_period=ping_period, read_timeout=read_timeout)
+    try:
+        asyncio.run(_run(server, host, port))
+    except OSError as exc:
+        print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+async def _run(server: object, host: str, port: int) -> None:
+    from aiohttp import web
+
+    from adapter.sandbox.server import SandboxServer
+
+    assert isinstance(server, SandboxServer)
+    runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("sandbox platform listening on http://%s:%d (lookup at /lookup)", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("sandbox platform stopping")
+        await runner.cleanup()
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen={text!r} is not valid: expected host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parse_users(text: str) -> dict[str, str] | None:
+    if not text:
+        return None
+    users = {}
+    for item in text.split(","):
+        user, sep, password = item.partition(":")
+        if not sep or not user:
+            raise ValueError("--users must look like user:password,user2:password2")
+        users[user] = password
+    return users
+
+
+def _device_types(directory: Path) -> dict[str, frozenset[str]] | None:
+    from adapter.mapping import MappingError, load_directory
+
+    if not directory.is_dir():
+        log.warning("no mappings at %s: every device type is accepted", directory)
+        return None
+    try:
+        return load_directory(directory).device_types()
+    except MappingError as exc:
+        raise ValueError(f"mappings in {directory}: {exc}") from None

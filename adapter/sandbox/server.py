@@ -1,0 +1,330 @@
+"""The sandbox platform's network shell: HTTP and the websocket connector on one port
+(aiohttp), with the platform's keep-alive behaviour (§2.10) and fault switches for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+from adapter.sandbox.platform import (
+    CommandRecord,
+    NotAttached,
+    Platform,
+    PlatformSession,
+    Refused,
+    describe_event,
+)
+from adapter.sandbox.store import PlatformDevice
+from adapter.sepl import envelope
+from adapter.sepl.envelope import ProtocolError
+
+log = logging.getLogger("adapter.sandbox")
+
+MAX_FRAME = 16 * 1024 * 1024
+
+
+@dataclass
+class Faults:
+    """Switches that make the sandbox misbehave the way real links do (tests use them)."""
+
+    answer_pings: bool = True  # False: a peer that stops answering pings (dead link)
+    answer_frames: bool = True  # False: frames are read but never answered
+
+
+@dataclass
+class SandboxServer:
+    platform: Platform
+    ping_period: float = 20.0  # WsPingperiod (§2.10)
+    read_timeout: float = 40.0  # WsTimeout (§2.10)
+    faults: Faults = field(default_factory=Faults)
+    _waiters: dict[str, asyncio.Future[CommandRecord]] = field(default_factory=dict)
+    _sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    sessions_opened: int = 0
+
+    def __post_init__(self) -> None:
+        self.platform.on_response.append(self._command_answered)
+        self.platform.on_event.append(lambda record: log.info("%s", describe_event(record)))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_FRAME)
+        app.add_routes(
+            [
+                web.get("/", self.websocket),
+                web.get("/lookup", self.lookup),
+                web.post("/commands", self.post_command),
+                web.get("/commands/{task_id}", self.get_command),
+                web.get("/events", self.get_events),
+                web.get("/gateways", self.get_gateways),
+                web.get("/devices", self.get_devices),
+                web.post("/devices", self.post_device),
+                web.get("/sessions", self.get_sessions),
+                web.post("/faults", self.post_faults),
+            ]
+        )
+        app.on_shutdown.append(self._close_sockets)
+        return app
+
+    async def _close_sockets(self, app: web.Application) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"sandbox shutting down")
+
+    # --- websocket connector -------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=MAX_FRAME)
+        if not ws.can_prepare(request).ok:
+            return web.Response(text="SEPL sandbox platform: connect with a websocket\n")
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        try:
+            await self._serve(ws)
+        finally:
+            self._sockets.discard(ws)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _serve(self, ws: web.WebSocketResponse) -> None:
+        try:
+            first = await self._next_text(ws)
+        except TimeoutError:
+            log.info("no credentials within %.0f s; closing", self.read_timeout)
+            return
+        if first is None:
+            return
+        try:
+            credentials = envelope.decode_credentials(first)
+        except ProtocolError as exc:
+            log.info("handshake refused: %s", exc)  # the real server closes silently
+            return
+        outbox: asyncio.Queue[str] = asyncio.Queue()
+        try:
+            session = self.platform.open_session(credentials, outbox.put_nowait)
+        except Refused as exc:
+            log.info("handshake refused: %s", exc)
+            return
+        self.sessions_opened += 1
+        log.info(
+            "gateway %s connected (user %r, %d devices restored)",
+            session.gateway.id,
+            credentials.user,
+            len(session.attached),
+        )
+        writer = asyncio.create_task(self._writer(ws, outbox))
+        pinger = asyncio.create_task(self._pinger(ws, session))
+        try:
+            await ws.send_str(session.handshake_answer())
+            await self._read_loop(ws, session, outbox)
+        finally:
+            pinger.cancel()
+            writer.cancel()
+            self.platform.close_session(session)
+            log.info("gateway %s disconnected", session.gateway.id)
+
+    async def _next_text(self, ws: web.WebSocketResponse) -> str | None:
+        while True:
+            msg = await ws.receive(timeout=self.read_timeout)
+            if msg.type == WSMsgType.TEXT:
+                return str(msg.data)
+            if msg.type == WSMsgType.PING and self.faults.answer_pings:
+                await ws.pong(msg.data)
+            elif msg.type in (
+                WSMsgType.CLOSE,
+                WSMsgType.CLOSING,
+                WSMsgType.CLOSED,
+                WSMsgType.ERROR,
+            ):
+                return None
+
+    async def _read_loop(
+        self, ws: web.WebSocketResponse, session: PlatformSession, outbox: asyncio.Queue[str]
+    ) -> None:
+        while True:
+            try:
+                # Any frame, pings and pongs included, pushes the read deadline on (§2.10).
+                msg = await ws.receive(timeout=self.read_timeout)
+            except TimeoutError:
+                log.info(
+                    "gateway %s silent for %.0f s; closing", session.gateway.id, self.read_timeout
+                )
+                await ws.close(code=1000, message=b"read deadline exceeded")
+                return
+            if msg.type == WSMsgType.TEXT:
+                if not self.faults.answer_frames:
+                    continue
+                for frame in session.handle(str(msg.data)):
+                    outbox.put_nowait(frame)
+                if session.close_reason:
+                    await outbox.join()
+                    log.info("closing gateway %s: %s", session.gateway.id, session.close_reason)
+                    await ws.close(code=1000, message=session.close_reason.encode())
+                    return
+            elif msg.type == WSMsgType.PING:
+                session.client_pings = True
+                if self.faults.answer_pings:
+                    await ws.pong(msg.data)
+            elif msg.type in (
+                WSMsgType.CLOSE,
+                WSMsgType.CLOSING,
+                WSMsgType.CLOSED,
+                WSMsgType.ERROR,
+            ):
+                return
+            # binary frames and pongs carry no protocol data (§2.1)
+
+    async def _writer(self, ws: web.WebSocketResponse, outbox: asyncio.Queue[str]) -> None:
+        while True:
+            frame = await outbox.get()
+            try:
+                if not ws.closed:
+                    await ws.send_str(frame)
+            except ConnectionError:
+                pass
+            finally:
+                outbox.task_done()
+
+    async def _pinger(self, ws: web.WebSocketResponse, session: PlatformSession) -> None:
+        # The server pings until the client pings it for the first time, then never again.
+        while not ws.closed:
+            await asyncio.sleep(self.ping_period)
+            if session.client_pings:
+                return
+            try:
+                await ws.ping(time.strftime("%Y-%m-%d %H:%M:%S").encode())
+            except ConnectionError:
+                return
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    async def lookup(self, request: web.Request) -> web.Response:
+        url = f"ws://{request.host}/"
+        if request.query.get("format") == "json":
+            return web.json_response({"url": url})
+        return web.Response(text=url + "\n")
+
+    def _command_answered(self, record: CommandRecord) -> None:
+        future = self._waiters.pop(record.task_id, None)
+        if future is not None and not future.done():
+            future.set_result(record)
+
+    async def post_command(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'body must be JSON: {"device", "service", "data"}')
+        if not isinstance(body, dict):
+            return _error(400, "body must be a JSON object")
+        device, service, data = body.get("device"), body.get("service"), body.get("data")
+        wait, timeout = body.get("wait", True), body.get("timeout", 10)
+        if not isinstance(device, str) or not isinstance(service, str):
+            return _error(400, "'device' and 'service' must be strings")
+        if data is not None and not isinstance(data, str):
+            data = json.dumps(data)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            return _error(400, "'timeout' must be a positive number of seconds")
+        try:
+            record = self.platform.send_command(device, service, data)
+        except NotAttached as exc:
+            return _error(409, str(exc))
+        if not wait:
+            return web.json_response(
+                {"task_id": record.task_id, "request": record.request}, status=202
+            )
+        future: asyncio.Future[CommandRecord] = asyncio.get_running_loop().create_future()
+        self._waiters[record.task_id] = future
+        try:
+            answered = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            self._waiters.pop(record.task_id, None)
+            return web.json_response(
+                {
+                    "task_id": record.task_id,
+                    "request": record.request,
+                    "response": None,
+                    "error": f"no response within {timeout} s",
+                },
+                status=504,
+            )
+        return web.json_response(
+            {"task_id": record.task_id, "request": record.request, "response": answered.response}
+        )
+
+    async def get_command(self, request: web.Request) -> web.Response:
+        record = self.platform.store.command(request.match_info["task_id"])
+        if record is None:
+            return _error(404, "unknown task id")
+        return web.json_response(record)
+
+    async def get_events(self, request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(int(request.query.get("limit", "1000")), 100_000)
+        except ValueError:
+            return _error(400, "'after' and 'limit' must be integers")
+        events = self.platform.store.events(request.query.get("device"), after, limit)
+        return web.json_response(events)
+
+    async def get_gateways(self, request: web.Request) -> web.Response:
+        return web.json_response([vars(gw) for gw in self.platform.store.gateways()])
+
+    async def get_devices(self, request: web.Request) -> web.Response:
+        attached = {uri for s in self.platform.sessions for uri in s.attached}
+        rows = [
+            {**vars(d), "attached": d.uri in attached} for d in self.platform.store.all_devices()
+        ]
+        return web.json_response(rows)
+
+    async def post_device(self, request: web.Request) -> web.Response:
+        """Create a platform device directly, as a user would in the platform's UI."""
+        try:
+            body = await request.json()
+            device = PlatformDevice(
+                id=f"iot#{uuid.uuid4()}",
+                owner=str(body.get("owner", "")),
+                uri=str(body["uri"]),
+                name=str(body.get("name", body["uri"])),
+                type=str(body.get("type", "")),
+                tags=dict(body.get("tags", {})),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(400, "body must be JSON with at least 'uri'")
+        self.platform.store.save_device(device)
+        return web.json_response(vars(device), status=201)
+
+    async def get_sessions(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "opened": self.sessions_opened,
+                "open": [
+                    {
+                        "gateway": s.gateway.id,
+                        "user": s.user,
+                        "attached": sorted(s.attached),
+                        "handled": s.handled,
+                    }
+                    for s in self.platform.sessions
+                ],
+            }
+        )
+
+    async def post_faults(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body must be JSON")
+        for key, value in body.items() if isinstance(body, dict) else []:
+            if not hasattr(self.faults, key) or not isinstance(value, bool):
+                return _error(400, f"unknown fault switch {key!r}")
+            setattr(self.faults, key, value)
+        return web.json_response(vars(self.faults))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

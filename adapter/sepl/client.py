@@ -1,0 +1,636 @@
+"""The transport shell: a websocket session to the SEPL connector with reconnect,
+keep-alive, gateway sync and request correlation. The protocol rules live in the pure
+modules beside this one; this file only moves frames and keeps time.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from adapter.sepl import envelope
+from adapter.sepl.backoff import Backoff
+from adapter.sepl.device import Device, gateway_hash
+from adapter.sepl.envelope import Envelope, ProtocolError
+from adapter.sepl.lookup import LookupError_, fetch_endpoint
+from adapter.sepl.messages import Command, event_payload, parse_command, reply_payload
+from adapter.sepl.state import GatewayState
+
+log = logging.getLogger("adapter.sepl")
+
+HANDSHAKE_TIMEOUT = 20.0  # v3/v4 client requirement (Part 2 §2.6 step 7)
+SYNC_MIN_TIMEOUT = 35.0  # the platform may retry internally for 30 s (D6, Part 2 §8.10)
+COMMIT_DEBOUNCE = 0.3  # one commit for a burst of new devices (D8)
+MAX_FRAME = 16 * 1024 * 1024
+NOT_LISTENING = "not listen to this device"
+
+
+class ConnectorError(Exception):
+    """Base of the errors the connector raises to its caller."""
+
+
+class LinkDown(ConnectorError):
+    """The link dropped (or timed out) before the platform answered; try again later."""
+
+
+class EventRejected(ConnectorError):
+    """The platform answered an event with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"platform answered {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.status >= 500
+
+
+class HandshakeFailed(ConnectorError):
+    """The platform did not accept the credentials frame."""
+
+
+class DeviceQuarantined(ConnectorError):
+    """The platform refused to `put` this device (D8); no event is sent for it."""
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    url: str = "ws://127.0.0.1:8093/"
+    lookup_url: str | None = None
+    https: bool = False
+    registration_path: str = "discovery"
+    user: str = ""
+    password: str = field(default="", repr=False)
+    protocol: str = "envelope"
+    ca_file: Path | None = None
+    tls_insecure: bool = False
+    request_timeout: float = 10.0
+    ping_interval: float = 15.0
+    ping_timeout: float = 10.0
+    inflight: int = 32
+    reconnect_min: float = 1.0
+    reconnect_max: float = 120.0
+    stable_after: float = 60.0
+    state_dir: Path | None = None
+
+    @property
+    def sync_timeout(self) -> float:
+        return max(SYNC_MIN_TIMEOUT, self.request_timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Any, state_dir: Path | None = None) -> ConnectorConfig:
+        password = settings.connector_password
+        return cls(
+            url=settings.connector_url,
+            lookup_url=settings.connector_lookup_url,
+            https=settings.connector_https,
+            registration_path=settings.connector_device_registration_path,
+            user=settings.connector_user,
+            password=password.get() if password else "",
+            protocol=settings.connector_protocol,
+            ca_file=settings.connector_ca_file,
+            tls_insecure=settings.connector_tls_insecure,
+            request_timeout=settings.connector_request_timeout,
+            ping_interval=settings.connector_ping_interval,
+            ping_timeout=settings.connector_ping_timeout,
+            inflight=settings.connector_inflight,
+            reconnect_min=settings.reconnect_min,
+            reconnect_max=settings.reconnect_max,
+            state_dir=state_dir,
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConnectorConfig:
+        """The origin document's variables (CONNECTOR_LOOKUP_URL, …) for library users."""
+        from adapter import config as settings_module
+
+        settings = settings_module.load(None, environ)
+        return cls.from_settings(settings, state_dir=settings.adapter_state_dir / "connector")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(
+            cafile=str(self.ca_file) if self.ca_file is not None else None
+        )
+        if self.tls_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+@dataclass
+class _Waiter:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: Envelope | None = None
+
+
+class _Session:
+    """One open websocket: correlation of answers to requests by token."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.waiters: dict[str, _Waiter] = {}
+        self.closed = anyio.Event()
+
+    async def request(self, handler: str, payload: Any, timeout: float, **kw: Any) -> Envelope:
+        token = str(uuid.uuid4())
+        waiter = _Waiter()
+        self.waiters[token] = waiter
+        try:
+            with anyio.move_on_after(timeout) as scope:
+                try:
+                    await self.ws.send(envelope.encode_request(handler, token, payload, **kw))
+                except ConnectionClosed:
+                    raise LinkDown(f"link closed while sending {handler}") from None
+                await waiter.done.wait()
+            if scope.cancelled_caught:
+                raise LinkDown(f"no answer to {handler} within {timeout:g} s")
+            if waiter.answer is None:
+                raise LinkDown(f"link closed before the answer to {handler}")
+            return waiter.answer
+        finally:
+            self.waiters.pop(token, None)
+
+    def resolve(self, answer: Envelope) -> bool:
+        waiter = self.waiters.get(answer.token)
+        if waiter is None:
+            return False  # late or unknown: dropped, as the v3/v4 client does
+        waiter.answer = answer
+        waiter.done.set()
+        return True
+
+    def fail_all(self) -> None:
+        self.closed.set()
+        for waiter in self.waiters.values():
+            waiter.done.set()
+
+
+@dataclass
+class ConnectorStats:
+    connects: int = 0
+    syncs: int = 0
+    puts: int = 0
+    commits: int = 0
+    events_acked: int = 0
+    events_rejected: int = 0
+    commands: int = 0
+    malformed_frames: int = 0
+    unmatched_answers: int = 0
+
+
+ConnectCallback = Callable[[str], Awaitable[None] | None]
+
+
+class Connector:
+    """Async client of the SEPL connector. Use as `async with Connector(config) as c:`."""
+
+    def __init__(
+        self,
+        config: ConnectorConfig | None = None,
+        *,
+        on_connect: ConnectCallback | None = None,
+        on_disconnect: ConnectCallback | None = None,
+        command_buffer: int = 256,
+    ) -> None:
+        self.config = config or ConnectorConfig()
+        self.state = GatewayState(self.config.state_dir)
+        self.stats = ConnectorStats()
+        self.quarantined: dict[str, str] = {}
+        self.attached: set[str] = set()
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._session: _Session | None = None
+        self._ready = anyio.Event()
+        self._ready_since: float | None = None
+        self._limiter = anyio.CapacityLimiter(self.config.inflight)
+        self._commit_pending = False
+        self._commit_lock = anyio.Lock()
+        self._put_lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
+        self._commands_in: MemoryObjectSendStream[Command]
+        self._commands_out: MemoryObjectReceiveStream[Command]
+        self._commands_in, self._commands_out = anyio.create_memory_object_stream[Command](
+            command_buffer
+        )
+        self.backoff = Backoff(
+            self.config.reconnect_min, self.config.reconnect_max, self.config.stable_after
+        )
+        self.last_error = ""
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Connector:
+        if self.config.protocol != "envelope":
+            raise ConnectorError(f"dialect {self.config.protocol!r} is not available yet")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._run, name="sepl-connector")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        self._commands_in.close()
+        result = await self._tg.__aexit__(exc_type, exc, tb)
+        self._tg = None
+        return result
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def gid(self) -> str:
+        return self.state.gid
+
+    @property
+    def devices(self) -> dict[str, Device]:
+        return dict(self.state.devices)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        with anyio.fail_after(timeout):
+            while not self._ready.is_set():
+                await self._ready.wait()
+
+    # --- public API ----------------------------------------------------------------------
+
+    async def register(self, devices: Iterable[Device]) -> None:
+        """Manage these devices: persisted, `put` now when connected (else at the next sync)."""
+        changed = []
+        managed = dict(self.state.devices)
+        for device in devices:
+            device.validate()
+            if managed.get(device.uri) != device:
+                managed[device.uri] = device
+                changed.append(device)
+        if not changed:
+            return
+        self.state.set_devices(managed)
+        if self.ready:
+            for device in changed:
+                self.attached.discard(device.uri)
+                try:
+                    await self._attach(device)
+                except (LinkDown, DeviceQuarantined) as exc:
+                    log.info("device %s will be synced later: %s", device.uri, exc)
+
+    async def unregister(self, devices: Iterable[Device | str], *, delete: bool = False) -> None:
+        """Stop managing devices: `disconnect` (or `delete`) each, then commit."""
+        managed = dict(self.state.devices)
+        uris = [d if isinstance(d, str) else d.uri for d in devices]
+        for uri in uris:
+            managed.pop(uri, None)
+            self.quarantined.pop(uri, None)
+        self.state.set_devices(managed)
+        session = self._session
+        if session is None or not self.ready:
+            return
+        for uri in uris:
+            if uri in self.attached:
+                self.attached.discard(uri)
+                answer = await session.request(
+                    "delete" if delete else "disconnect", uri, self.config.sync_timeout
+                )
+                if answer.status != 200:
+                    log.warning(
+                        "%s of %s answered %s",
+                        "delete" if delete else "disconnect",
+                        uri,
+                        answer.status,
+                    )
+        self._schedule_commit()
+
+    async def send_event(
+        self, device: Device | str, service: str, data: str, metadata: str | None = None
+    ) -> None:
+        """Send one event; returns once the platform answered 200.
+
+        Raises LinkDown (retry later), EventRejected or DeviceQuarantined.
+        """
+        uri = device if isinstance(device, str) else device.uri
+        if isinstance(device, Device) and self.state.devices.get(uri) != device:
+            await self.register([device])
+        if uri not in self.state.devices:
+            raise ConnectorError(f"event for device {uri!r} that was never registered")
+        payload = event_payload(uri, service, data, metadata if metadata is not None else "")
+        resent = False
+        while True:
+            session = await self._ready_session()
+            if uri in self.quarantined:
+                raise DeviceQuarantined(f"device {uri!r} is quarantined: {self.quarantined[uri]}")
+            if uri not in self.attached:
+                await self._attach(self.state.devices[uri])
+            answer = await self._limited_request(session, "event", payload)
+            if answer.status == 200:
+                self.stats.events_acked += 1
+                return
+            message = answer.payload if isinstance(answer.payload, str) else repr(answer.payload)
+            if answer.status == 400 and NOT_LISTENING in message and not resent:
+                # The two sides' device sets diverged: re-put once and resend (D8).
+                log.warning("platform does not listen to %s; putting it again", uri)
+                self.attached.discard(uri)
+                resent = True
+                continue
+            self.stats.events_rejected += 1
+            raise EventRejected(answer.status, message)
+
+    async def commands(self) -> AsyncIterator[Command]:
+        async for command in self._commands_out:
+            yield command
+
+    async def respond(
+        self, command: Command, data: str | None, metadata: str | None = None
+    ) -> None:
+        """Answer a command; returns once the platform acknowledged the response."""
+        session = await self._ready_session()
+        answer = await self._limited_request(
+            session, "response", reply_payload(command, data, metadata), content_type="map"
+        )
+        if answer.status != 200:
+            raise EventRejected(answer.status, str(answer.payload))
+
+    # --- internals -----------------------------------------------------------------------
+
+    async def _ready_session(self) -> _Session:
+        while True:
+            await self.wait_ready()
+            if self._session is not None:
+                return self._session
+
+    async def _limited_request(
+        self, session: _Session, handler: str, payload: Any, **kw: Any
+    ) -> Envelope:
+        async with self._limiter:
+            answer = await session.request(handler, payload, self.config.request_timeout, **kw)
+        # After an error answer only one request may be in flight until a 200 arrives, so
+        # a burst of failures cannot spend the session's error budget (D8).
+        self._limiter.total_tokens = self.config.inflight if answer.status == 200 else 1
+        return answer
+
+    async def _attach(self, device: Device) -> None:
+        session = self._session
+        if session is None:
+            raise LinkDown("not connected")
+        async with self._put_lock:
+            if device.uri in self.attached:
+                return
+            answer = await session.request("put", device.put_payload(), self.config.sync_timeout)
+            self.stats.puts += 1
+            if answer.status == 200:
+                self.attached.add(device.uri)
+                self.quarantined.pop(device.uri, None)
+                self._schedule_commit()
+                return
+            reason = f"put answered {answer.status}: {answer.payload}"
+            if answer.status == 400:
+                self.quarantined[device.uri] = reason
+                log.warning("device %s quarantined: %s", device.uri, reason)
+                raise DeviceQuarantined(reason)
+            raise LinkDown(reason)
+
+    def _schedule_commit(self) -> None:
+        if self._commit_pending or self._tg is None:
+            return
+        self._commit_pending = True
+        self._tg.start_soon(self._debounced_commit)
+
+    async def _debounced_commit(self) -> None:
+        await anyio.sleep(COMMIT_DEBOUNCE)
+        self._commit_pending = False
+        session = self._session
+        if session is None:
+            return
+        async with self._commit_lock:
+            try:
+                await self._commit(session)
+            except LinkDown as exc:
+                log.info("commit not done (%s); the next sync will do it", exc)
+
+    def _committable_hash(self) -> str:
+        # Commit only what is really attached: a quarantined device then leaves the hashes
+        # different, and the next session syncs again instead of trusting a false match.
+        return gateway_hash(d for u, d in self.state.devices.items() if u in self.attached)
+
+    async def _commit(self, session: _Session) -> None:
+        answer = await session.request("commit", self._committable_hash(), self.config.sync_timeout)
+        self.stats.commits += 1
+        if answer.status != 200:
+            raise LinkDown(f"commit answered {answer.status}: {answer.payload}")
+
+    async def _endpoint(self) -> str:
+        if self.config.lookup_url:
+            return await fetch_endpoint(
+                self.config.lookup_url, https=self.config.https, ssl=self._ssl_for(True)
+            )
+        return self.config.url
+
+    def _ssl_for(self, secure: bool) -> ssl.SSLContext | None:
+        return self.config.ssl_context() if secure else None
+
+    async def _run(self) -> None:
+        while True:
+            reason = await self._one_session()
+            ready_for = None if self._ready_since is None else time.monotonic() - self._ready_since
+            self._ready_since = None
+            self.backoff.session_ended(ready_for)
+            delay = self.backoff.next_delay()
+            self.last_error = reason
+            log.info("connector: %s; reconnecting in %.1f s", reason, delay)
+            await anyio.sleep(delay)
+
+    async def _one_session(self) -> str:
+        try:
+            url = await self._endpoint()
+        except (LookupError_, OSError, TimeoutError) as exc:
+            return f"lookup {self.config.lookup_url} failed: {exc}"
+        except Exception as exc:  # aiohttp's own errors
+            return f"lookup {self.config.lookup_url} failed: {exc!r}"
+        try:
+            async with connect(
+                url,
+                ssl=self._ssl_for(url.startswith("wss:")),
+                ping_interval=self.config.ping_interval,
+                ping_timeout=self.config.ping_timeout,
+                open_timeout=HANDSHAKE_TIMEOUT,
+                close_timeout=2,
+                max_size=MAX_FRAME,
+                logger=_redacting_logger(),
+            ) as ws:
+                return await self._serve(ws, url)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            return f"cannot connect to {url}: {exc}"
+        except ConnectionClosed as exc:
+            return f"link to {url} closed: {exc}"
+        except HandshakeFailed as exc:
+            return f"handshake with {url} failed: {exc}"
+
+    async def _serve(self, ws: ClientConnection, url: str) -> str:
+        gid, server_hash = await self._handshake(ws)
+        self.stats.connects += 1
+        session = _Session(ws)
+        self._session = session
+        self.attached = set()
+        result = "link closed"
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reader, session)
+                result = await self._sync_and_wait(session, server_hash, url, gid)
+                tg.cancel_scope.cancel()
+        finally:
+            self._session = None
+            session.fail_all()
+            if self._ready.is_set():
+                self._ready = anyio.Event()
+                await _maybe_await(self._on_disconnect, result)
+            self._limiter.total_tokens = self.config.inflight
+        return result
+
+    async def _sync_and_wait(self, session: _Session, server_hash: str, url: str, gid: str) -> str:
+        try:
+            await self._sync(session, server_hash)
+        except LinkDown as exc:
+            return f"sync failed: {exc}"
+        self._ready_since = time.monotonic()
+        self._ready.set()
+        log.info("connector ready at %s (gateway %s, %d devices)", url, gid, len(self.attached))
+        await _maybe_await(self._on_connect, gid)
+        await session.closed.wait()
+        return f"link to {url} closed"
+
+    async def _handshake(self, ws: ClientConnection) -> tuple[str, str]:
+        await ws.send(
+            envelope.encode_credentials(self.config.user, self.config.password, self.state.gid)
+        )
+        with anyio.fail_after(HANDSHAKE_TIMEOUT):
+            answer = await ws.recv()
+        try:
+            gid, server_hash = envelope.decode_handshake_answer(answer)
+        except ProtocolError as exc:
+            raise HandshakeFailed(str(exc)) from None
+        if gid != self.state.gid:
+            if self.state.gid:
+                log.warning("platform handed out a new gateway id %s (was %s)", gid, self.state.gid)
+            self.state.set_gid(gid)
+        return gid, server_hash
+
+    async def _sync(self, session: _Session, server_hash: str) -> None:
+        """Part 2 §2.8 with D5/D8: nothing to do when the hashes match."""
+        managed = self.state.devices
+        if gateway_hash(managed.values()) == server_hash:
+            self.attached = set(managed)
+            log.info("gateway hash matches: %d devices restored without sync", len(managed))
+            return
+        self.stats.syncs += 1
+        self._commit_pending = True  # the sync's own commit replaces any debounced one
+        try:
+            answer = await session.request("clear", None, self.config.sync_timeout)
+            if answer.status != 200:
+                raise LinkDown(f"clear answered {answer.status}: {answer.payload}")
+            for device in list(managed.values()):
+                try:
+                    await self._attach(device)
+                except DeviceQuarantined:
+                    continue
+            async with self._commit_lock:
+                await self._commit(session)
+        finally:
+            self._commit_pending = False
+
+    async def _reader(self, session: _Session) -> None:
+        try:
+            async for message in session.ws:
+                self._dispatch(session, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            session.fail_all()
+
+    def _dispatch(self, session: _Session, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self.stats.malformed_frames += 1
+            log.warning("ignoring a binary frame from the platform (%d bytes)", len(message))
+            return
+        try:
+            frame = envelope.decode_server_frame(message)
+            if frame.handler == "command":
+                command = parse_command(frame.payload)
+            elif not session.resolve(frame):
+                self.stats.unmatched_answers += 1
+                log.debug("dropping an answer with unknown token %r", frame.token)
+                return
+            else:
+                return
+        except ProtocolError as exc:
+            self.stats.malformed_frames += 1
+            log.warning(
+                "ignoring a malformed frame from the platform: %s (%d chars)", exc, len(message)
+            )
+            return
+        self.stats.commands += 1
+        try:
+            self._commands_in.send_nowait(command)
+        except anyio.WouldBlock:
+            log.warning(
+                "command for %s dropped: %d commands are waiting already",
+                command.device_uri,
+                self._commands_out.statistics().current_buffer_used,
+            )
+        except anyio.ClosedResourceError:
+            pass
+
+
+async def _maybe_await(callback: ConnectCallback | None, arg: str) -> None:
+    if callback is None:
+        return
+    result = callback(arg)
+    if result is not None:
+        await result
+
+
+class _RedactCredentials(logging.Filter):
+    """The websockets debug log prints frames; the first one holds the password (D3)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:
+            return True
+        if '"pw"' in text:
+            record.msg, record.args = "> TEXT [credentials frame redacted]", None
+        return True
+
+
+def _redacting_logger() -> logging.Logger:
+    logger = logging.getLogger("adapter.sepl.websocket")
+    if not any(isinstance(f, _RedactCredentials) for f in logger.filters):
+        logger.addFilter(_RedactCredentials())
+    return logger
+
+
+__all__ = [
+    "Connector",
+    "ConnectorConfig",
+    "ConnectorError",
+    "DeviceQuarantined",
+    "EventRejected",
+    "HandshakeFailed",
+    "LinkDown",
+]

@@ -1,0 +1,81 @@
+"""Gateway id and managed devices, persisted atomically in the state directory (D5)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from adapter.sepl.device import Device
+
+log = logging.getLogger(__name__)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Temporary file, fsync, rename: a crash leaves the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class GatewayState:
+    """`gid` and the device set; `directory=None` keeps everything in memory."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.gid = ""
+        self.devices: dict[str, Device] = {}
+        if directory is not None:
+            self._load(directory)
+
+    def _load(self, directory: Path) -> None:
+        gid_file = directory / "gid"
+        if gid_file.exists():
+            self.gid = gid_file.read_text(encoding="utf-8").strip()
+        devices_file = directory / "devices.json"
+        if devices_file.exists():
+            try:
+                rows = json.loads(devices_file.read_text(encoding="utf-8"))
+                for row in rows:
+                    device = Device(
+                        row["uri"],
+                        row["name"],
+                        row["type"],
+                        tuple((str(k), str(v)) for k, v in row.get("tags", [])),
+                    )
+                    self.devices[device.uri] = device
+            except (ValueError, KeyError, TypeError) as exc:
+                # A damaged file costs one full sync, never the start-up.
+                log.warning("ignoring unreadable %s: %s", devices_file, exc)
+                self.devices = {}
+
+    def set_gid(self, gid: str) -> None:
+        if gid == self.gid:
+            return
+        self.gid = gid
+        if self.directory is not None:
+            write_atomically(self.directory / "gid", gid + "\n")
+
+    def set_devices(self, devices: dict[str, Device]) -> None:
+        self.devices = dict(devices)
+        if self.directory is not None:
+            rows = [
+                {"uri": d.uri, "name": d.name, "type": d.device_type, "tags": list(d.tags)}
+                for d in sorted(self.devices.values(), key=lambda d: d.uri)
+            ]
+            write_atomically(self.directory / "devices.json", json.dumps(rows, indent=1) + "\n")

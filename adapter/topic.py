@@ -1,0 +1,161 @@
+"""MQTT topic filters and the mapping files' topic patterns. Pure.
+
+A pattern such as `tele/{device}/SENSOR` or `zigbee2mqtt/{name...}/availability` compiles
+to an MQTT subscription filter (`tele/+/SENSOR`, `zigbee2mqtt/#`) plus a matcher that
+captures the named parts. Matching follows the MQTT specification (§4.7): '#' matches the
+parent level, '+' matches empty levels, wildcards at the first level do not match '$'
+topics.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
+
+
+class TopicError(ValueError):
+    """An invalid MQTT topic, filter or pattern; the message says which rule it breaks."""
+
+
+def validate_filter(topic_filter: str) -> None:
+    """Reject filters a broker would refuse (MQTT 3.1.1/5 §4.7)."""
+    if not topic_filter:
+        raise TopicError("a topic filter must be at least one character long")
+    if "\x00" in topic_filter:
+        raise TopicError("a topic filter must not contain U+0000")
+    if len(topic_filter.encode("utf-8")) > 65535:
+        raise TopicError("a topic filter must be at most 65535 bytes")
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            raise TopicError(f"'#' must be the whole last level, not {level!r}")
+        if "+" in level and level != "+":
+            raise TopicError(f"'+' must occupy a whole level, not {level!r}")
+
+
+def validate_topic_name(topic: str) -> None:
+    """A topic a client publishes to: no wildcards."""
+    if not topic:
+        raise TopicError("a topic name must be at least one character long")
+    if "+" in topic or "#" in topic:
+        raise TopicError(f"a topic name must not contain wildcards: {topic!r}")
+    if "\x00" in topic:
+        raise TopicError("a topic name must not contain U+0000")
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """Does `topic` match `topic_filter`? The MQTT rule, as a reference implementation."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    f_levels, t_levels = topic_filter.split("/"), topic.split("/")
+    for index, level in enumerate(f_levels):
+        if level == "#":
+            return True
+        if index >= len(t_levels):
+            return False
+        if level != "+" and level != t_levels[index]:
+            return False
+    return len(f_levels) == len(t_levels)
+
+
+@dataclass(frozen=True)
+class TopicPattern:
+    """A topic with named placeholders: `{name}` one level, `{name...}` one or more levels."""
+
+    text: str
+    mqtt_filter: str
+    names: tuple[str, ...]
+    _regex: re.Pattern[str]
+    wildcards: int  # for precedence: fewer wildcards is more specific
+    literal_levels: int
+
+    @classmethod
+    def compile(cls, text: str) -> TopicPattern:
+        if not text:
+            raise TopicError("a topic pattern must not be empty")
+        levels = text.split("/")
+        filter_levels: list[str] = []
+        regex_parts: list[str] = []
+        names: list[str] = []
+        multi_seen = False
+        literal = 0
+        for level in levels:
+            match = _PLACEHOLDER.fullmatch(level)
+            if match:
+                name, multi = match.group(1), bool(match.group(2))
+                if name in names:
+                    raise TopicError(f"placeholder {{{name}}} appears twice in {text!r}")
+                names.append(name)
+                if multi:
+                    if multi_seen:
+                        raise TopicError(f"only one {{name...}} placeholder allowed: {text!r}")
+                    multi_seen = True
+                    regex_parts.append(f"(?P<{name}>.+)")
+                    filter_levels.append("#")
+                else:
+                    regex_parts.append(f"(?P<{name}>[^/]*)")
+                    filter_levels.append("+")
+                continue
+            if "{" in level or "}" in level:
+                raise TopicError(
+                    f"a placeholder must fill a whole level ({{name}} or {{name...}}): {level!r}"
+                )
+            if level in ("+", "#"):
+                filter_levels.append(level)
+                regex_parts.append("[^/]*" if level == "+" else ".*")
+            else:
+                literal += 1
+                filter_levels.append(level)
+                regex_parts.append(re.escape(level))
+        # MQTT has '#' only at the end: a multi-level placeholder with levels after it
+        # subscribes to everything below the prefix and the regex checks the rest.
+        if "#" in filter_levels:
+            cut = filter_levels.index("#")
+            filter_levels = [*filter_levels[:cut], "#"]
+        mqtt_filter = "/".join(filter_levels)
+        validate_filter(mqtt_filter)
+        regex = "/".join(regex_parts)
+        if levels[-1] == "#":  # '#' also matches the parent level
+            regex = regex[: -len("/.*")] + "(?:/.*)?"
+        wildcards = sum(1 for lv in filter_levels if lv in ("+", "#"))
+        return cls(text, mqtt_filter, tuple(names), re.compile(regex), wildcards, literal)
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        if topic.startswith("$") and self.mqtt_filter[:1] in ("+", "#"):
+            return None
+        found = self._regex.fullmatch(topic)
+        return None if found is None else {k: v for k, v in found.groupdict().items()}
+
+    def render(self, values: dict[str, str]) -> str:
+        def fill(match: re.Match[str]) -> str:
+            return values[match.group(1)]
+
+        return _PLACEHOLDER.sub(fill, self.text)
+
+
+def placeholders(template: str) -> list[str]:
+    return [m.group(1) for m in _PLACEHOLDER.finditer(template)]
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """Fill `{name}` placeholders in a device or payload template; unknown names raise."""
+
+    def fill(match: re.Match[str]) -> str:
+        return values[match.group(1)]
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+def template_regex(template: str) -> re.Pattern[str]:
+    """The inverse of render_template: recover the placeholder values from a rendered text."""
+    parts: list[str] = []
+    last = 0
+    for match in _PLACEHOLDER.finditer(template):
+        parts.append(re.escape(template[last : match.start()]))
+        name = match.group(1)
+        parts.append(f"(?P<{name}>.+?)" if match.group(2) else f"(?P<{name}>[^/]+?)")
+        last = match.end()
+    parts.append(re.escape(template[last:]))
+    return re.compile("".join(parts))
