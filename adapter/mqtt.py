@@ -113,6 +113,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     # --- paho thread ---------------------------------------------------------------------
@@ -138,6 +139,19 @@ class MqttLink:
             client.subscribe([(f, self.settings.mqtt_qos) for f in self.filters])
         client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
         self.connected.set()
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [f for f, rc in zip(self.filters, reason_codes, strict=False) if rc.is_failure]
+        for topic_filter in refused:
+            log.error("broker refused the subscription to %s", topic_filter)
+        log.info("subscribed to %d topic filters", len(reason_codes) - len(refused))
 
     def _on_disconnect(
         self,
