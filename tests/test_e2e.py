@@ -121,7 +121,7 @@ def retained_under(port: int, topic_filter: str) -> list[str]:
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        result, mid = client.subscribe(topic_filter, qos=1)
+        client.subscribe(topic_filter, qos=1)
         # A PUBLISH/PINGREQ round trip after SUBACK: retained messages come before it.
         client.publish("test/probe-done", "x", qos=1).wait_for_publish(timeout=5)
     finally:
