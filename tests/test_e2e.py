@@ -102,7 +102,7 @@ class FakeTasmota:
         self.client.loop_start()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.commands.append((msg.topic, msg.payload))
+        self.commands.append((msg.topic, bytes(msg.payload)))
         if msg.topic.endswith("/POWER"):
             state = msg.payload.decode().upper()
             client.publish(f"stat/{self.topic}/RESULT", json.dumps({"POWER": state}))
