@@ -66,6 +66,7 @@ class SandboxServer:
                 web.post("/devices", self.post_device),
                 web.get("/sessions", self.get_sessions),
                 web.post("/faults", self.post_faults),
+                web.post("/inject", self.post_inject),
             ]
         )
         app.on_shutdown.append(self._close_sockets)
@@ -324,6 +325,20 @@ class SandboxServer:
                 return _error(400, f"unknown fault switch {key!r}")
             setattr(self.faults, key, value)
         return web.json_response(vars(self.faults))
+
+    async def post_inject(self, request: web.Request) -> web.Response:
+        """Send a raw frame to every open session: how tests feed the client garbage."""
+        try:
+            body = await request.json()
+            frame = body["frame"]
+            if not isinstance(frame, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "body must be JSON with a string 'frame'")
+        sessions = self.platform.sessions
+        for session in sessions:
+            session.send(frame)
+        return web.json_response({"sent_to": len(sessions)})
 
 
 def _error(status: int, message: str) -> web.Response:
