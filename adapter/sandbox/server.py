@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
+from adapter.sandbox.legacy import RegistrationError, open_legacy_session, register
 from adapter.sandbox.platform import (
     CommandRecord,
     NotAttached,
@@ -24,6 +25,7 @@ from adapter.sandbox.platform import (
 from adapter.sandbox.store import PlatformDevice
 from adapter.sepl import envelope
 from adapter.sepl.envelope import ProtocolError
+from adapter.sepl.legacy import is_legacy_credentials
 
 log = logging.getLogger("adapter.sandbox")
 
@@ -44,6 +46,7 @@ class SandboxServer:
     ping_period: float = 20.0  # WsPingperiod (§2.10)
     read_timeout: float = 40.0  # WsTimeout (§2.10)
     faults: Faults = field(default_factory=Faults)
+    registration_path: str = "discovery"  # legacy device registration (D4)
     _waiters: dict[str, asyncio.Future[CommandRecord]] = field(default_factory=dict)
     _sockets: set[web.WebSocketResponse] = field(default_factory=set)
     sessions_opened: int = 0
@@ -67,6 +70,7 @@ class SandboxServer:
                 web.get("/sessions", self.get_sessions),
                 web.post("/faults", self.post_faults),
                 web.post("/inject", self.post_inject),
+                web.post("/" + self.registration_path.strip("/"), self.post_registration),
             ]
         )
         app.on_shutdown.append(self._close_sockets)
@@ -100,28 +104,30 @@ class SandboxServer:
             return
         if first is None:
             return
-        try:
-            credentials = envelope.decode_credentials(first)
-        except ProtocolError as exc:
-            log.info("handshake refused: %s", exc)  # the real server closes silently
-            return
         outbox: asyncio.Queue[str] = asyncio.Queue()
         try:
-            session = self.platform.open_session(credentials, outbox.put_nowait)
-        except Refused as exc:
-            log.info("handshake refused: %s", exc)
+            if is_legacy_credentials(first):
+                session: PlatformSession = open_legacy_session(
+                    self.platform, first, outbox.put_nowait
+                )
+            else:
+                session = self.platform.open_session(
+                    envelope.decode_credentials(first), outbox.put_nowait
+                )
+                outbox.put_nowait(session.handshake_answer())
+        except (ProtocolError, Refused) as exc:
+            log.info("handshake refused: %s", exc)  # the real server closes silently
             return
         self.sessions_opened += 1
         log.info(
             "gateway %s connected (user %r, %d devices restored)",
             session.gateway.id,
-            credentials.user,
+            session.user,
             len(session.attached),
         )
         writer = asyncio.create_task(self._writer(ws, outbox))
         pinger = asyncio.create_task(self._pinger(ws, session))
         try:
-            await ws.send_str(session.handshake_answer())
             await self._read_loop(ws, session, outbox)
         finally:
             pinger.cancel()
@@ -325,6 +331,17 @@ class SandboxServer:
                 return _error(400, f"unknown fault switch {key!r}")
             setattr(self.faults, key, value)
         return web.json_response(vars(self.faults))
+
+    async def post_registration(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "registration body must be JSON")
+        try:
+            count = register(self.platform, body)
+        except RegistrationError as exc:
+            return _error(exc.status, str(exc))
+        return web.json_response({"registered": count})
 
     async def post_inject(self, request: web.Request) -> web.Response:
         """Send a raw frame to every open session: how tests feed the client garbage."""

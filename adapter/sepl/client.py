@@ -15,17 +15,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from adapter.sepl import envelope
+from adapter.sepl import envelope, legacy
 from adapter.sepl.backoff import Backoff
 from adapter.sepl.device import Device, gateway_hash
 from adapter.sepl.envelope import Envelope, ProtocolError
-from adapter.sepl.lookup import LookupError_, fetch_endpoint
+from adapter.sepl.lookup import LookupError_, fetch_endpoint, registration_url
 from adapter.sepl.messages import Command, event_payload, parse_command, reply_payload
 from adapter.sepl.state import GatewayState
 
@@ -140,8 +141,9 @@ class _Waiter:
 class _Session:
     """One open websocket: correlation of answers to requests by token."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, url: str) -> None:
         self.ws = ws
+        self.url = url
         self.waiters: dict[str, _Waiter] = {}
         self.closed = anyio.Event()
 
@@ -171,6 +173,13 @@ class _Session:
         waiter.answer = answer
         waiter.done.set()
         return True
+
+    async def write(self, frame: str) -> None:
+        """A frame with no answer to wait for (the legacy dialect)."""
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed:
+            raise LinkDown("link closed while sending") from None
 
     def fail_all(self) -> None:
         self.closed.set()
@@ -233,8 +242,14 @@ class Connector:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Connector:
-        if self.config.protocol != "envelope":
-            raise ConnectorError(f"dialect {self.config.protocol!r} is not available yet")
+        if self.config.protocol not in ("envelope", "legacy"):
+            raise ConnectorError(f"unknown dialect {self.config.protocol!r}")
+        if self.legacy:
+            log.warning(
+                "legacy dialect: the platform acknowledges nothing, so an event counts as "
+                "delivered once written (at-most-once; use the envelope dialect for "
+                "at-least-once)"
+            )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._run, name="sepl-connector")
@@ -252,6 +267,10 @@ class Connector:
         result = await self._tg.__aexit__(exc_type, exc, tb)
         self._tg = None
         return result
+
+    @property
+    def legacy(self) -> bool:
+        return self.config.protocol == "legacy"
 
     @property
     def ready(self) -> bool:
@@ -303,6 +322,9 @@ class Connector:
         session = self._session
         if session is None or not self.ready:
             return
+        if self.legacy:  # Era A never had un-registration (Part 2 §1.4)
+            self.attached.difference_update(uris)
+            return
         for uri in uris:
             if uri in self.attached:
                 self.attached.discard(uri)
@@ -330,7 +352,8 @@ class Connector:
             await self.register([device])
         if uri not in self.state.devices:
             raise ConnectorError(f"event for device {uri!r} that was never registered")
-        payload = event_payload(uri, service, data, metadata if metadata is not None else "")
+        metadata = metadata if metadata is not None else ""
+        payload = event_payload(uri, service, data, metadata)
         resent = False
         while True:
             session = await self._ready_session()
@@ -338,6 +361,10 @@ class Connector:
                 raise DeviceQuarantined(f"device {uri!r} is quarantined: {self.quarantined[uri]}")
             if uri not in self.attached:
                 await self._attach(self.state.devices[uri])
+            if self.legacy:
+                await session.write(legacy.encode_change(uri, service, data, metadata))
+                self.stats.events_acked += 1
+                return
             answer = await self._limited_request(session, "event", payload)
             if answer.status == 200:
                 self.stats.events_acked += 1
@@ -361,6 +388,9 @@ class Connector:
     ) -> None:
         """Answer a command; returns once the platform acknowledged the response."""
         session = await self._ready_session()
+        if self.legacy:
+            await session.write(legacy.encode_reply(command, data, metadata))
+            return
         answer = await self._limited_request(
             session, "response", reply_payload(command, data, metadata), content_type="map"
         )
@@ -392,6 +422,10 @@ class Connector:
         async with self._put_lock:
             if device.uri in self.attached:
                 return
+            if self.legacy:
+                await self._register_legacy(session, [device])
+                self.attached.add(device.uri)
+                return
             answer = await session.request("put", device.put_payload(), self.config.sync_timeout)
             self.stats.puts += 1
             if answer.status == 200:
@@ -405,6 +439,28 @@ class Connector:
                 log.warning("device %s quarantined: %s", device.uri, reason)
                 raise DeviceQuarantined(reason)
             raise LinkDown(reason)
+
+    async def _register_legacy(self, session: _Session, devices: list[Device]) -> None:
+        """POST the Era A registration, then the bare `update` frame (D4)."""
+        url = registration_url(session.url, self.config.registration_path, https=self.config.https)
+        body = legacy.registration_body(self.config.user, self.config.password, devices)
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(
+                    url, json=body, ssl=self._ssl_for(url.startswith("https:")) or True
+                ) as answer,
+            ):
+                status, text = answer.status, await answer.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise LinkDown(f"registration at {url} failed: {exc!r}") from None
+        self.stats.puts += len(devices)
+        if status == 401:
+            raise HandshakeFailed(f"registration at {url} refused the credentials")
+        if status != 200:
+            raise LinkDown(f"registration at {url} answered {status}: {text[:200]}")
+        await session.write(legacy.UPDATE_FRAME)
 
     def _schedule_commit(self) -> None:
         if self._commit_pending or self._tg is None:
@@ -447,7 +503,12 @@ class Connector:
 
     async def _run(self) -> None:
         while True:
-            reason = await self._one_session()
+            try:
+                reason = await self._one_session()
+            except Exception as exc:
+                # A bug must cost one session, never the connector: log it and go on.
+                log.exception("connector session failed unexpectedly")
+                reason = f"unexpected error: {exc!r}"
             ready_for = None if self._ready_since is None else time.monotonic() - self._ready_since
             self._ready_since = None
             self.backoff.session_ended(ready_for)
@@ -483,9 +544,14 @@ class Connector:
             return f"handshake with {url} failed: {exc}"
 
     async def _serve(self, ws: ClientConnection, url: str) -> str:
-        gid, server_hash = await self._handshake(ws)
+        if self.legacy:
+            # Era A: credentials without an answer, no gateway id and no hash (§1.3).
+            await ws.send(legacy.encode_credentials(self.config.user, self.config.password))
+            gid, server_hash = "", ""
+        else:
+            gid, server_hash = await self._handshake(ws)
         self.stats.connects += 1
-        session = _Session(ws)
+        session = _Session(ws, url)
         self._session = session
         self.attached = set()
         result = "link closed"
@@ -506,7 +572,7 @@ class Connector:
     async def _sync_and_wait(self, session: _Session, server_hash: str, url: str, gid: str) -> str:
         try:
             await self._sync(session, server_hash)
-        except LinkDown as exc:
+        except (LinkDown, HandshakeFailed) as exc:
             return f"sync failed: {exc}"
         self._ready_since = time.monotonic()
         self._ready.set()
@@ -534,6 +600,11 @@ class Connector:
     async def _sync(self, session: _Session, server_hash: str) -> None:
         """Part 2 §2.8 with D5/D8: nothing to do when the hashes match."""
         managed = self.state.devices
+        if self.legacy:
+            if managed:
+                await self._register_legacy(session, list(managed.values()))
+            self.attached = set(managed)
+            return
         if gateway_hash(managed.values()) == server_hash:
             self.attached = set(managed)
             log.info("gateway hash matches: %d devices restored without sync", len(managed))
@@ -569,6 +640,9 @@ class Connector:
             log.warning("ignoring a binary frame from the platform (%d bytes)", len(message))
             return
         try:
+            if self.legacy:
+                self._accept_command(legacy.decode_command(message))
+                return
             frame = envelope.decode_server_frame(message)
             if frame.handler == "command":
                 command = parse_command(frame.payload)
@@ -584,6 +658,9 @@ class Connector:
                 "ignoring a malformed frame from the platform: %s (%d chars)", exc, len(message)
             )
             return
+        self._accept_command(command)
+
+    def _accept_command(self, command: Command) -> None:
         self.stats.commands += 1
         try:
             self._commands_in.send_nowait(command)
