@@ -1,5 +1,6 @@
 """SEPL connector client library: pure protocol core plus a websocket transport shell."""
 
+from adapter.sepl.blocking import BlockingConnector
 from adapter.sepl.client import (
     Connector,
     ConnectorConfig,
@@ -14,6 +15,7 @@ from adapter.sepl.envelope import ProtocolError
 from adapter.sepl.messages import Command
 
 __all__ = [
+    "BlockingConnector",
     "Command",
     "Connector",
     "ConnectorConfig",
