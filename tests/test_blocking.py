@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from adapter.sepl import BlockingConnector, ConnectorConfig
-from tests.conftest import SandboxProcess
+from adapter.devstack import SandboxProcess
 from tests.test_e2e import POW_SENSOR, events_of, http_json
 from tests.test_legacy import KITCHEN
 

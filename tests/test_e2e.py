@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from adapter.devbroker import Broker
-from tests.conftest import SandboxProcess
+from adapter.devstack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 
 # shared/device-conventions.md §1.4, Sonoff POW (tele/<topic>/SENSOR)

@@ -13,7 +13,7 @@ import pytest
 
 from adapter.sepl import Connector, ConnectorConfig, Device
 from adapter.sepl.state import GatewayState
-from tests.conftest import SandboxProcess
+from adapter.devstack import SandboxProcess
 from tests.test_e2e import POW_SENSOR
 
 
