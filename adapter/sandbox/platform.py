@@ -16,7 +16,7 @@ from typing import Any
 from adapter.sandbox.store import Gateway, PlatformDevice, SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.envelope import Credentials, ProtocolError
-from adapter.sepl.messages import build_command, parse_event_payload
+from adapter.sepl.messages import EventBody, build_command, parse_event_payload
 
 log = logging.getLogger("adapter.sandbox")
 
@@ -112,9 +112,8 @@ class Platform:
         record = CommandRecord(task_id, device_uri, service_uri, request)
         self.pending[task_id] = record
         self.store.add_command(task_id, device_uri, service_uri, time.time(), request)
-        frame = envelope.encode_command(request)
         for session in sessions:  # every listening session gets it (§3.1, Q9)
-            session.send(frame)
+            session.send(session.encode_command(request))
         return record
 
     def record_response(self, payload: Any) -> None:
@@ -147,6 +146,9 @@ class PlatformSession:
     @property
     def store(self) -> SandboxStore:
         return self.platform.store
+
+    def encode_command(self, command: dict[str, Any]) -> str:
+        return envelope.encode_command(command)
 
     def handshake_answer(self) -> str:
         return envelope.encode_response(
@@ -253,12 +255,15 @@ class PlatformSession:
         return ok()
 
     def on_event(self, payload: Any) -> Answer:
-        body = parse_event_payload(payload)
+        return self.accept_event(parse_event_payload(payload))
+
+    def accept_event(self, body: EventBody) -> Answer:
+        """The checks and bookkeeping of an event, whichever dialect carried it."""
         if body.device_uri not in self.attached:
             return Answer(
                 400,
                 f"error event: not listen to this device {{{body.device_uri} "
-                f"{body.service_uri} {list(body.parts.items())}}}",
+                f"{body.service_uri} {_go_parts(body.parts)}}}",
             )
         device = self.store.device(self.attached[body.device_uri])
         types = self.platform.device_types
@@ -284,6 +289,11 @@ class PlatformSession:
     def on_response(self, payload: Any) -> Answer:
         self.platform.record_response(payload)
         return ok()
+
+
+def _go_parts(parts: Mapping[str, str]) -> str:
+    """Go's %v of a protocol-part slice, as the real 400 text embeds it: `[{data 1}]`."""
+    return "[" + " ".join(f"{{{name} {value}}}" for name, value in parts.items()) + "]"
 
 
 def _base36(number: int) -> str:

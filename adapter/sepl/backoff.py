@@ -18,10 +18,13 @@ class Backoff:
     attempt: int = 0
 
     def ceiling(self) -> float:
-        return min(self.maximum, self.minimum * (2.0**self.attempt))
+        # The exponent is bounded: 2.0**1024 raises OverflowError (1024 failed attempts, a
+        # day or so of outage), and 2**64 is past any sensible cap anyway.
+        return min(self.maximum, self.minimum * (2.0 ** min(self.attempt + 1, 64)))
 
     def next_delay(self) -> float:
-        """The wait before the next attempt: uniform in [minimum, ceiling]."""
+        """The wait before the next attempt: uniform in [minimum, ceiling]; the first
+        ceiling is already twice the minimum so that restarting fleets spread out."""
         ceiling = self.ceiling()
         self.attempt += 1
         return self.minimum + (ceiling - self.minimum) * self.rand()

@@ -9,6 +9,7 @@ HTML characters escaped).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ def decode_server_frame(text: str | bytes) -> Envelope:
     if isinstance(status, bool) or not isinstance(status, int):
         raise ProtocolError(f"status must be an integer, got {_short(status)}")
     handler = obj.get("handler")
-    if handler not in SERVER_HANDLERS:
+    if not isinstance(handler, str) or handler not in SERVER_HANDLERS:
         raise ProtocolError(f"unknown handler from platform: {_short(handler)}")
     token = obj.get("token") or ""
     if not isinstance(token, str):
@@ -141,6 +142,9 @@ def content_type_of(payload: Any) -> str:
     return ""
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def go_json(value: Any) -> str:
     """Serialise like Go's json.Marshal of map/interface values."""
     text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
@@ -154,7 +158,9 @@ def go_json(value: Any) -> str:
         ("\u2029", "\\u2029"),
     ):
         text = text.replace(char, escaped)
-    return text
+    # A lone surrogate (from a "\\ud800" escape in a peer's frame) cannot be sent as UTF-8;
+    # Go decodes such escapes to U+FFFD, so the echo carries U+FFFD as well.
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def encode_server_frame(status: int, handler: str, token: str, payload: Any) -> str:
@@ -181,6 +187,8 @@ def _json_object(text: str | bytes) -> dict[str, Any]:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
+    except RecursionError:  # e.g. "[[[[…" nested deeper than the interpreter's stack
+        raise ProtocolError("frame is not JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"frame must be a JSON object, got {type(obj).__name__}")
     return obj

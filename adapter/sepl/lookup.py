@@ -27,7 +27,10 @@ def parse_lookup_body(body: str, *, https: bool) -> str:
         if not isinstance(url, str):
             raise LookupError_("lookup answer has no string 'url' key")
         text = url.strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unbalanced or invalid "[" IPv6 host
+        raise LookupError_(f"lookup answer is not a valid URL: {text[:100]!r}") from None
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise LookupError_(f"lookup answer is not a ws:// or wss:// URL: {text[:100]!r}")
     try:

@@ -46,7 +46,11 @@ class GatewayState:
     def _load(self, directory: Path) -> None:
         gid_file = directory / "gid"
         if gid_file.exists():
-            self.gid = gid_file.read_text(encoding="utf-8").strip()
+            try:
+                self.gid = gid_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                # Costs a new gateway id and one full sync, never the start-up (D5).
+                log.warning("ignoring unreadable %s: %s", gid_file, exc)
         devices_file = directory / "devices.json"
         if devices_file.exists():
             try:
