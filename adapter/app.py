@@ -10,8 +10,10 @@ import argparse
 import contextlib
 import json
 import logging
+import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +22,15 @@ import anyio
 from anyio.abc import TaskGroup
 
 from adapter import config
-from adapter.mapping import MappingError, MappingSet, load_directory
+from adapter.mapping import (
+    AvailabilityChange,
+    Mapped,
+    MappingError,
+    MappingSet,
+    PublishPlan,
+    Rejected,
+    load_directory,
+)
 from adapter.mqtt import Message, MqttLink, PublishRefused, stable_client_id
 from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError, LinkDown
 from adapter.sepl.messages import format_time
@@ -60,9 +70,29 @@ def main(args: argparse.Namespace) -> int:
 
 @dataclass
 class ReplyWaiter:
-    topic: str
+    plan: PublishPlan
     done: anyio.Event = field(default_factory=anyio.Event)
+    data: str | None = None
     message: Message | None = None
+
+
+class RateLimitedLog:
+    """At most one line a minute per key, so a chatty broken device cannot flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last.get(key, -self.interval) < self.interval:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return
+        skipped = self.suppressed.pop(key, 0)
+        self.last[key] = now
+        suffix = f" ({skipped} more since the last report)" if skipped else ""
+        log.warning(message + suffix, *args)
 
 
 @dataclass
@@ -73,6 +103,9 @@ class Adapter:
     mqtt: MqttLink
     replies: list[ReplyWaiter] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    online: dict[str, bool | None] = field(default_factory=dict)
+    problems: RateLimitedLog = field(default_factory=RateLimitedLog)
+    _next_id: int = 0
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -80,35 +113,62 @@ class Adapter:
     async def forward(self) -> None:
         async for message in self.mqtt.messages:
             self._resolve_replies(message)
-            mapped = self.mappings.map(message.topic, message.payload, message.received)
-            if mapped is None:
+            outcome = self.mappings.map(message.topic, message.payload, message.received)
+            if outcome is None:
                 self.count("unmapped")
-                continue
-            self.count("mapped")
-            while True:
-                try:
-                    await self.connector.send_event(
-                        mapped.device, mapped.service, mapped.data, mapped.metadata
-                    )
-                    self.count("acknowledged")
-                    break
-                except LinkDown as exc:
-                    log.debug("event for %s waits for the link: %s", mapped.device.uri, exc)
-                    await self.connector.wait_ready()
-                except ConnectorError as exc:
-                    self.count("rejected")
-                    log.warning(
-                        "event of %s from %s not delivered: %s",
-                        mapped.device.uri,
-                        message.topic,
-                        exc,
-                    )
-                    break
+            elif isinstance(outcome, Rejected):
+                self.count("rejected")
+                self.problems.warning(
+                    outcome.rule.id,
+                    "rule %s: message on %s rejected: %s",
+                    outcome.rule.id,
+                    message.topic,
+                    outcome.reason,
+                )
+            elif isinstance(outcome, AvailabilityChange):
+                self._availability(outcome)
+            else:
+                self.count("mapped")
+                if outcome.missing:
+                    self.count("readings_missing")
+                await self._send(outcome, message)
+
+    def _availability(self, change: AvailabilityChange) -> None:
+        uri = change.device.uri
+        if self.online.get(uri, "unknown") != change.online:
+            state = {True: "online", False: "offline", None: "unknown"}[change.online]
+            log.info("device %s is %s", uri, state)
+        self.online[uri] = change.online
+
+    async def _send(self, mapped: Mapped, message: Message) -> None:
+        while True:
+            try:
+                await self.connector.send_event(
+                    mapped.device, mapped.service, mapped.data, mapped.metadata
+                )
+                self.count("acknowledged")
+                return
+            except LinkDown as exc:
+                log.debug("event for %s waits for the link: %s", mapped.device.uri, exc)
+                await self.connector.wait_ready()
+            except ConnectorError as exc:
+                self.count("undelivered")
+                self.problems.warning(
+                    mapped.rule.id,
+                    "event of %s from %s not delivered: %s",
+                    mapped.device.uri,
+                    message.topic,
+                    exc,
+                )
+                return
 
     def _resolve_replies(self, message: Message) -> None:
         for waiter in self.replies:
-            if waiter.message is None and waiter.topic == message.topic:
-                waiter.message = message
+            if waiter.message is not None or waiter.plan.reply_topic != message.topic:
+                continue
+            data = self.mappings.reply_data(waiter.plan, message.payload)
+            if data is not None:  # the first reply that matches this command's predicate
+                waiter.message, waiter.data = message, data
                 waiter.done.set()
 
     async def handle_commands(self, tg: TaskGroup) -> None:
@@ -123,9 +183,15 @@ class Adapter:
         except ConnectorError as exc:
             log.warning("response to the command for %s not delivered: %s", command.device_uri, exc)
 
+    def _correlation(self) -> dict[str, str]:
+        self._next_id += 1
+        return {"id": str(self._next_id), "transaction": secrets.token_hex(4)}
+
     async def _execute(self, command: Command) -> tuple[str, str]:
         now = format_time(datetime.now(UTC))
-        plan = self.mappings.plan_command(command.device_uri, command.service_uri, command.data)
+        plan = self.mappings.plan_command(
+            command.device_uri, command.service_uri, command.data, self._correlation()
+        )
         if plan is None:
             message = (
                 f"no command rule for service {command.service_uri!r} of device "
@@ -133,9 +199,11 @@ class Adapter:
             )
             log.warning("%s", message)
             return json.dumps({"error": message}), json.dumps({"time": now})
-        waiter = None
-        if plan.reply_topic is not None:
-            waiter = ReplyWaiter(plan.reply_topic)
+        if self.online.get(command.device_uri) is False:
+            message = f"device {command.device_uri!r} is offline"
+            return json.dumps({"error": message}), json.dumps({"time": now})
+        waiter = ReplyWaiter(plan) if plan.reply_topic is not None else None
+        if waiter is not None:
             self.replies.append(waiter)
         try:
             try:
@@ -152,23 +220,18 @@ class Adapter:
             meta = {"time": now, "topic": plan.topic}
             if waiter is None or plan.rule.reply is None:
                 return json.dumps({"status": "published", "topic": plan.topic}), json.dumps(meta)
-            with anyio.move_on_after(plan.rule.reply.timeout):
+            timeout = plan.rule.reply.timeout
+            with anyio.move_on_after(timeout):
                 await waiter.done.wait()
-            if waiter.message is None:
-                return (
-                    json.dumps(
-                        {
-                            "error": f"no reply on {plan.reply_topic} within "
-                            f"{plan.rule.reply.timeout:g} s",
-                            "topic": plan.topic,
-                        }
-                    ),
-                    json.dumps(meta),
-                )
+            if waiter.message is None or waiter.data is None:
+                self.count("command_timeouts")
+                error = f"no reply on {plan.reply_topic} within {timeout:g} s"
+                return json.dumps({"error": error, "topic": plan.topic}), json.dumps(meta)
             meta.update(
-                reply_topic=waiter.message.topic, reply_time=format_time(waiter.message.received)
+                reply_topic=waiter.message.topic,
+                reply_time=format_time(waiter.message.received),
             )
-            return waiter.message.payload.decode("utf-8", "replace"), json.dumps(meta)
+            return waiter.data, json.dumps(meta)
         finally:
             if waiter is not None:
                 self.replies.remove(waiter)

@@ -1,0 +1,50 @@
+"""Mapping files: YAML rules that turn MQTT messages into SEPL devices and events, and SEPL
+commands into MQTT publishes. Compiling and matching are pure; `load_directory` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adapter.mapping.compile import compile_text, load_files
+from adapter.mapping.mappingset import (
+    AvailabilityChange,
+    Mapped,
+    MappingSet,
+    Outcome,
+    Overlap,
+    PublishPlan,
+    Rejected,
+)
+from adapter.mapping.rules import CommandRule, Rule
+from adapter.mapping.yamlsource import MappingError
+
+
+def load_directory(directory: Path, device_prefix: str = "") -> MappingSet:
+    """Every *.yaml/*.yml file of a directory; two rules that precedence cannot order
+    (equal priority and specificity, overlapping topics) are an error."""
+    rules, commands, files = load_files(directory)
+    mappings = MappingSet(rules, commands, device_prefix, [str(f) for f in files])
+    conflicts = mappings.conflicts()
+    if conflicts:
+        first = conflicts[0]
+        raise MappingError(
+            f"{first.second.where}: {first.describe()}, with equal priority and specificity; "
+            "set 'priority' on one of them or make one topic more specific"
+        )
+    return mappings
+
+
+__all__ = [
+    "AvailabilityChange",
+    "CommandRule",
+    "Mapped",
+    "MappingError",
+    "MappingSet",
+    "Outcome",
+    "Overlap",
+    "PublishPlan",
+    "Rejected",
+    "Rule",
+    "compile_text",
+    "load_directory",
+]

@@ -1,0 +1,335 @@
+"""Mapping files to compiled rules: the schema, checked key by key with `file:line:col`."""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import UTC, tzinfo
+from pathlib import Path as FilePath
+from typing import Any
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+
+from adapter.config import parse_duration
+from adapter.mapping.rules import (
+    PAYLOAD_KINDS,
+    Availability,
+    CommandRule,
+    Condition,
+    DeviceTemplate,
+    Path,
+    Reading,
+    Reply,
+    Rule,
+    Timestamp,
+    command_regex,
+)
+from adapter.mapping.yamlsource import MappingError, Node, Reader, parse_yaml, where_of
+from adapter.topic import TopicError, TopicPattern, placeholders, validate_topic_name
+
+DEFAULT_SERVICE = "sepl_get"
+CORRELATION_PLACEHOLDERS = frozenset({"data", "data_json", "id", "transaction"})
+
+FILE_KEYS = {"family", "device_type", "rules", "commands", "description", "enabled"}
+RULE_KEYS = {
+    "id",
+    "topic",
+    "device",
+    "service",
+    "payload",
+    "readings",
+    "primary",
+    "priority",
+    "device_type",
+    "when",
+    "timestamp",
+    "availability",
+}
+DEVICE_KEYS = {"uri", "name", "tags", "type"}
+COMMAND_KEYS = {"id", "service", "device", "device_type", "publish", "reply"}
+PUBLISH_KEYS = {"topic", "payload", "qos"}
+REPLY_KEYS = {"topic", "timeout", "match", "payload", "data"}
+CONDITION_KEYS = {"path", "equals", "in", "exists"}
+TIMESTAMP_KEYS = {"path", "timezone"}
+AVAILABILITY_KEYS = {"path", "online", "offline"}
+
+
+def compile_path(text: Any, where: str, what: str) -> Path:
+    if not isinstance(text, str) or not text:
+        raise MappingError(f"{where}: {what} must be a path text (JMESPath, or @)")
+    if text == "@":
+        return Path(text, None)
+    try:
+        return Path(text, jmespath.compile(text))
+    except JMESPathError as exc:
+        raise MappingError(f"{where}: {what}: bad path {text!r}: {exc}") from None
+
+
+def compile_conditions(node: Any, where: str, what: str) -> tuple[Condition, ...]:
+    items = node if isinstance(node, list) else [node]
+    conditions = []
+    for item in items:
+        c = Reader(item, where_of(item, where), what, CONDITION_KEYS)
+        path = compile_path(c.get("path", "@"), c.at("path"), f"{what} path")
+        kinds = [k for k in ("equals", "in", "exists") if k in c.node]
+        if len(kinds) != 1:
+            raise MappingError(f"{c.where}: {what} needs exactly one of equals, in, exists")
+        if kinds == ["in"]:
+            values = c.node["in"]
+            if not isinstance(values, list):
+                raise c.fail("in", "'in' takes a list")
+            conditions.append(Condition(path, one_of=tuple(values)))
+        elif kinds == ["exists"]:
+            if not isinstance(c.node["exists"], bool):
+                raise c.fail("exists", "'exists' takes true or false")
+            conditions.append(Condition(path, exists=c.node["exists"]))
+        else:
+            conditions.append(Condition(path, equals=c.node["equals"]))
+    return tuple(conditions)
+
+
+def _zone(name: str, where: str) -> tzinfo:
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise MappingError(
+            f"{where}: unknown time zone {name!r} (e.g. UTC, Europe/Berlin)"
+        ) from None
+
+
+def compile_text(text: str, filename: str) -> tuple[list[Rule], list[CommandRule]]:
+    doc = parse_yaml(text, filename)
+    if doc is None:
+        return [], []
+    top = Reader(doc, f"{filename}:1:1", "a mapping file", FILE_KEYS)
+    if top.get("enabled", True) is False:
+        return [], []
+    family = top.text("family", "")
+    default_type = top.text("device_type", f"iot#{family or 'generic'}")
+    rules = [
+        _compile_rule(node, top, i, family, default_type)
+        for i, node in enumerate(_list(top, "rules"))
+    ]
+    commands = [
+        _compile_command(node, top, i, default_type)
+        for i, node in enumerate(_list(top, "commands"))
+    ]
+    return rules, commands
+
+
+def _list(reader: Reader, key: str) -> list[Any]:
+    value = reader.get(key, [])
+    if not isinstance(value, list):
+        raise reader.fail(key, f"{key!r} must be a list")
+    return value
+
+
+def _compile_rule(node: Any, top: Reader, index: int, family: str, default_type: str) -> Rule:
+    r = Reader(node, where_of(node, top.at("rules")), f"rule #{index + 1}", RULE_KEYS)
+    rule_id = r.text("id", f"rule-{index + 1}")
+    try:
+        pattern = TopicPattern.compile(r.text("topic"))
+    except TopicError as exc:
+        raise r.fail("topic", f"invalid topic pattern: {exc}") from None
+    device = _compile_device(r, rule_id, pattern, family, r.text("device_type", default_type))
+    payload = r.text("payload", "json")
+    if payload not in PAYLOAD_KINDS:
+        raise r.fail("payload", f"payload must be one of {', '.join(PAYLOAD_KINDS)}")
+    readings = _compile_readings(r)
+    if readings and payload == "raw":
+        raise r.fail("readings", "a raw payload has no readings")
+    primary = r.optional_text("primary")
+    if primary is None and readings:
+        primary = readings[0].name
+    if primary is not None and primary not in {x.name for x in readings}:
+        raise r.fail("primary", f"primary {primary!r} is not one of the readings")
+    priority = r.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise r.fail("priority", "priority must be an integer")
+    when = compile_conditions(r.node["when"], r.at("when"), "condition") if r.has("when") else ()
+    timestamp = None
+    if r.has("timestamp"):
+        t = r.sub("timestamp", "timestamp", TIMESTAMP_KEYS)
+        timestamp = Timestamp(
+            compile_path(t.text("path"), t.at("path"), "timestamp path"),
+            _zone(t.text("timezone", "UTC"), t.at("timezone")),
+        )
+    availability = None
+    if r.has("availability"):
+        a = r.sub("availability", "availability", AVAILABILITY_KEYS)
+        availability = Availability(
+            compile_path(a.get("path", "@"), a.at("path"), "availability path"),
+            _values(a, "online"),
+            _values(a, "offline"),
+        )
+    return Rule(
+        rule_id,
+        r.where,
+        pattern,
+        device,
+        r.text("service", DEFAULT_SERVICE),
+        payload,
+        readings,
+        primary,
+        priority,
+        when,
+        timestamp,
+        availability,
+    )
+
+
+def _values(reader: Reader, key: str) -> tuple[Any, ...]:
+    value = reader.get(key)
+    if value is None:
+        raise MappingError(f"{reader.where}: availability needs {key!r}")
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+def _compile_device(
+    r: Reader, rule_id: str, pattern: TopicPattern, family: str, device_type: str
+) -> DeviceTemplate:
+    node = r.node.get("device")
+    if node is None:
+        if not pattern.names:
+            raise MappingError(f"{r.where}: rule {rule_id!r} needs 'device' (no placeholder)")
+        first = pattern.names[0]
+        node = Node(uri=f"{family}:{{{first}}}" if family else f"{{{first}}}")
+        node.where, node.key_where = r.where, {}
+    elif isinstance(node, str):
+        text = node
+        node = Node(uri=text)
+        node.where, node.key_where = r.at("device"), {}
+    d = Reader(node, r.at("device"), f"device of rule {rule_id!r}", DEVICE_KEYS)
+    uri = d.text("uri")
+    name = d.text("name", uri)
+    for key in ("uri", "name"):
+        for placeholder in placeholders(d.text(key, uri)):
+            if placeholder not in pattern.names:
+                raise d.fail(key, f"placeholder {{{placeholder}}} is not in topic {pattern.text!r}")
+    tags = d.get("tags", {})
+    if not isinstance(tags, dict):
+        raise d.fail("tags", "tags must map text to text")
+    return DeviceTemplate(
+        uri, name, d.text("type", device_type), tuple((str(k), str(v)) for k, v in tags.items())
+    )
+
+
+def _compile_readings(r: Reader) -> tuple[Reading, ...]:
+    node = r.get("readings", {})
+    if not isinstance(node, dict):
+        raise r.fail("readings", "readings must map a name to a path")
+    key_where = node.key_where if isinstance(node, Node) else {}
+    readings = []
+    for name, spec in node.items():
+        at = key_where.get(name, r.at("readings"))
+        path_text, scale = spec, 1.0
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"path", "scale"}
+            if unknown:
+                raise MappingError(f"{at}: reading {name!r}: unknown keys {sorted(unknown)}")
+            path_text, scale = spec.get("path", "@"), spec.get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise MappingError(f"{at}: reading {name!r}: scale must be a number")
+        readings.append(
+            Reading(str(name), compile_path(path_text, at, f"reading {name!r}"), float(scale))
+        )
+    return tuple(readings)
+
+
+def _compile_command(node: Any, top: Reader, index: int, default_type: str) -> CommandRule:
+    c = Reader(node, where_of(node, top.at("commands")), f"command #{index + 1}", COMMAND_KEYS)
+    service = c.text("service")
+    device = c.text("device")
+    allowed = set(placeholders(device)) | CORRELATION_PLACEHOLDERS
+    p = c.sub("publish", f"publish of command {service!r}", PUBLISH_KEYS)
+    topic = p.text("topic")
+    payload = p.get("payload", "{data}")
+    _check_placeholders(p, "topic", [topic], allowed, device)
+    _check_placeholders(p, "payload", _strings(payload), allowed, device)
+    try:
+        validate_topic_name(topic.replace("{", "").replace("}", ""))
+    except TopicError as exc:
+        raise p.fail("topic", str(exc)) from None
+    qos = p.get("qos", 1)
+    if qos not in (0, 1, 2) or isinstance(qos, bool):
+        raise p.fail("qos", "qos must be 0, 1 or 2")
+    reply = None
+    if c.has("reply"):
+        rp = c.sub("reply", f"reply of command {service!r}", REPLY_KEYS)
+        reply_topic = rp.text("topic")
+        _check_placeholders(rp, "topic", [reply_topic], allowed, device)
+        try:
+            TopicPattern.compile(reply_topic)
+            timeout = parse_duration(rp.text("timeout", "5s"))
+        except (TopicError, ValueError) as exc:
+            key = "topic" if isinstance(exc, TopicError) else "timeout"
+            raise rp.fail(key, str(exc)) from None
+        match = (
+            compile_conditions(rp.node["match"], rp.at("match"), "reply match")
+            if rp.has("match")
+            else ()
+        )
+        reply_payload = rp.text("payload", "json")
+        if reply_payload not in PAYLOAD_KINDS:
+            raise rp.fail("payload", f"payload must be one of {', '.join(PAYLOAD_KINDS)}")
+        data = (
+            compile_path(rp.text("data"), rp.at("data"), "reply data") if rp.has("data") else None
+        )
+        reply = Reply(reply_topic, timeout, match, reply_payload, data)
+    return CommandRule(
+        c.text("id", f"command-{index + 1}"),
+        c.where,
+        service,
+        device,
+        c.text("device_type", default_type),
+        topic,
+        payload,
+        int(qos),
+        reply,
+        command_regex(device),
+    )
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _check_placeholders(
+    reader: Reader, key: str, texts: list[str], allowed: set[str], device: str
+) -> None:
+    for text in texts:
+        for name in placeholders(text):
+            if name not in allowed:
+                raise reader.fail(
+                    key,
+                    f"placeholder {{{name}}} is neither in device {device!r} nor one of "
+                    f"{', '.join(sorted(CORRELATION_PLACEHOLDERS))}",
+                )
+
+
+def load_files(directory: FilePath) -> tuple[list[Rule], list[CommandRule], list[FilePath]]:
+    rules: list[Rule] = []
+    commands: list[CommandRule] = []
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not directory.is_dir():
+        raise MappingError(f"{directory}: not a directory")
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MappingError(f"{path}: cannot read: {exc}") from None
+        file_rules, file_commands = compile_text(text, str(path))
+        rules += file_rules
+        commands += file_commands
+    return rules, commands, files
+
+
+__all__ = ["MappingError", "compile_text", "load_files"]

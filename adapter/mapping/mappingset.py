@@ -1,0 +1,352 @@
+"""A compiled set of mapping rules: matching (paho's topic trie, so the cost per message
+does not grow with the number of rules), mapping a message to an event, planning a
+command, and the overlap checks `check` reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from paho.mqtt.matcher import MQTTMatcher
+
+from adapter.mapping.rules import (
+    CommandRule,
+    DecodeError,
+    Rule,
+    decode_payload,
+    fill,
+    render_payload,
+)
+from adapter.mapping.yamlsource import MappingError
+from adapter.sepl.device import Device
+from adapter.sepl.messages import event_metadata, payload_text
+from adapter.topic import TopicPattern, filter_matches, render_template
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A message that becomes an event."""
+
+    rule: Rule
+    values: dict[str, str]
+    device: Device
+    service: str
+    data: str
+    metadata: str
+    readings: dict[str, float]
+    missing: tuple[str, ...]  # declared readings that were absent or not numbers
+    time: datetime
+
+
+@dataclass(frozen=True)
+class AvailabilityChange:
+    rule: Rule
+    device: Device
+    online: bool | None  # None: a payload the rule does not know
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A rule took the topic but the payload is not what it declares."""
+
+    rule: Rule
+    device: Device
+    reason: str
+
+
+Outcome = Mapped | AvailabilityChange | Rejected
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    rule: CommandRule
+    values: dict[str, str]
+    topic: str
+    payload: str
+    reply_topic: str | None
+
+
+@dataclass(frozen=True)
+class Overlap:
+    first: Rule
+    second: Rule
+    example: str
+
+    def describe(self) -> str:
+        return (
+            f"rules {self.first.id!r} ({self.first.where}) and {self.second.id!r} "
+            f"({self.second.where}) both match topics like {self.example!r}"
+        )
+
+
+@dataclass
+class MappingSet:
+    rules: list[Rule]
+    commands: list[CommandRule]
+    prefix: str = ""
+    files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
+        groups: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            groups.setdefault(rule.pattern.mqtt_filter, []).append(rule)
+        for topic_filter, group in groups.items():
+            self._matcher[topic_filter] = group
+        self._check_ids()
+
+    def _check_ids(self) -> None:
+        seen: dict[str, Rule] = {}
+        for rule in self.rules:
+            if rule.id in seen:
+                raise MappingError(
+                    f"{rule.where}: rule id {rule.id!r} is already used at {seen[rule.id].where}"
+                )
+            seen[rule.id] = rule
+
+    @property
+    def filters(self) -> list[str]:
+        return sorted({rule.pattern.mqtt_filter for rule in self.rules})
+
+    # --- messages ------------------------------------------------------------------------
+
+    def candidates(self, topic: str) -> list[tuple[Rule, dict[str, str]]]:
+        """Every rule whose pattern matches, most specific first."""
+        found = []
+        for group in self._matcher.iter_match(topic):  # type: ignore[no-untyped-call]
+            for rule in group:
+                values = rule.pattern.match(topic)
+                if values is not None:
+                    found.append((rule, values))
+        found.sort(key=lambda item: item[0].specificity, reverse=True)
+        return found
+
+    def map(self, topic: str, payload: bytes, received: datetime) -> Outcome | None:
+        """A message to its outcome, or None when no rule takes it."""
+        rejected: Rejected | None = None
+        decoded: dict[str, Any] = {}
+        for rule, values in self.candidates(topic):
+            device = rule.device.render(values, self.prefix)
+            try:
+                if rule.payload not in decoded:
+                    decoded[rule.payload] = decode_payload(rule.payload, payload)
+            except DecodeError as exc:
+                rejected = rejected or Rejected(rule, device, str(exc))
+                continue
+            document = decoded[rule.payload]
+            if not all(condition.holds(document) for condition in rule.when):
+                continue
+            if rule.availability is not None:
+                return AvailabilityChange(rule, device, rule.availability.state(document))
+            return self._event(rule, values, device, topic, payload, document, received)
+        return rejected
+
+    def _event(
+        self,
+        rule: Rule,
+        values: dict[str, str],
+        device: Device,
+        topic: str,
+        payload: bytes,
+        document: Any,
+        received: datetime,
+    ) -> Mapped:
+        readings: dict[str, float] = {}
+        missing = []
+        for reading in rule.readings:
+            value = reading.extract(document)
+            if value is None:
+                missing.append(reading.name)
+            else:
+                readings[reading.name] = value
+        moment = received
+        if rule.timestamp is not None:
+            moment = rule.timestamp.extract(document) or received
+        data, encoding = payload_text(payload)
+        primary = rule.primary if rule.primary in readings else None
+        metadata = event_metadata(
+            time=moment, topic=topic, readings=readings, primary=primary, encoding=encoding
+        )
+        return Mapped(
+            rule, values, device, rule.service, data, metadata, readings, tuple(missing), moment
+        )
+
+    # --- commands ------------------------------------------------------------------------
+
+    def plan_command(
+        self,
+        device_uri: str,
+        service: str,
+        data: str,
+        correlation: Mapping[str, str] | None = None,
+    ) -> PublishPlan | None:
+        for rule in self.commands:
+            if rule.service != service:
+                continue
+            values = rule.device_values(device_uri, self.prefix)
+            if values is None:
+                continue
+            values = {
+                **values,
+                "data": data,
+                "data_json": json.dumps(data),
+                **(correlation or {}),
+            }
+            reply = None if rule.reply is None else render_template(rule.reply.topic, values)
+            return PublishPlan(
+                rule,
+                values,
+                render_template(rule.topic, values),
+                render_payload(rule.payload, values),
+                reply,
+            )
+        return None
+
+    @staticmethod
+    def reply_data(plan: PublishPlan, payload: bytes) -> str | None:
+        """The response data when `payload` is this command's reply, else None."""
+        reply = plan.rule.reply
+        if reply is None:
+            return None
+        try:
+            document = decode_payload(reply.payload, payload)
+        except DecodeError:
+            return None
+        for condition in reply.match:
+            expected = condition
+            if isinstance(condition.equals, str):
+                expected = type(condition)(
+                    condition.path, equals=fill(condition.equals, plan.values)
+                )
+            if not expected.holds(document):
+                return None
+        if reply.data is None:
+            return payload_text(payload)[0]
+        value = reply.data.search(document)
+        return value if isinstance(value, str) else json.dumps(value)
+
+    # --- the platform's view -------------------------------------------------------------
+
+    def device_types(self) -> dict[str, frozenset[str]]:
+        """Device types and their services, as the sandbox's registry (D11)."""
+        types: dict[str, set[str]] = {}
+        for rule in self.rules:
+            if rule.forwards:
+                types.setdefault(rule.device.device_type, set()).add(rule.service)
+        for command in self.commands:
+            types.setdefault(command.device_type, set()).add(command.service)
+        return {name: frozenset(services) for name, services in types.items()}
+
+    # --- checks --------------------------------------------------------------------------
+
+    def overlaps(self) -> list[Overlap]:
+        """Pairs of rules that can match the same topic (found through the trie)."""
+        result = []
+        trie = _FilterTrie()
+        for rule in self.rules:
+            for other in trie.intersecting(rule.pattern.mqtt_filter):
+                example = _example_topic(other.pattern, rule.pattern)
+                if example is not None:
+                    result.append(Overlap(other, rule, example))
+            trie.add(rule.pattern.mqtt_filter, rule)
+        return result
+
+    def conflicts(self) -> list[Overlap]:
+        """Overlaps that precedence cannot decide: equal priority and specificity."""
+        return [
+            o
+            for o in self.overlaps()
+            if o.first.specificity == o.second.specificity and not _disjoint_when(o)
+        ]
+
+
+def _disjoint_when(overlap: Overlap) -> bool:
+    """Two rules whose conditions test one path for different values never both apply."""
+    for a in overlap.first.when:
+        for b in overlap.second.when:
+            if (
+                a.path.text == b.path.text
+                and a.equals != b.equals
+                and a.one_of is None
+                and (b.one_of is None and a.exists is None and b.exists is None)
+            ):
+                return True
+    return False
+
+
+def _example_topic(a: TopicPattern, b: TopicPattern) -> str | None:
+    """A topic both patterns match, built level by level, or None."""
+    candidates = []
+    for source, other in ((a, b), (b, a)):
+        levels = [lv if not lv.startswith("{") else "x" for lv in source.text.split("/")]
+        text = "/".join(lv if lv not in ("+", "#") else "x" for lv in levels)
+        candidates.append(text)
+        candidates.append(
+            "/".join(
+                lv if not lv.startswith("{") and lv not in ("+", "#") else o
+                for lv, o in zip(
+                    source.text.split("/"),
+                    [*other.text.split("/"), *["x"] * 64],
+                    strict=False,
+                )
+            )
+        )
+    for topic in candidates:
+        topic = topic.replace("{", "x").replace("}", "x")
+        if a.match(topic) is not None and b.match(topic) is not None:
+            return topic
+    return None
+
+
+class _FilterTrie:
+    """Topic filters, searchable for filters that share at least one topic with another."""
+
+    def __init__(self) -> None:
+        self.children: dict[str, _FilterTrie] = {}
+        self.rules: list[Rule] = []
+
+    def add(self, topic_filter: str, rule: Rule) -> None:
+        node = self
+        for level in topic_filter.split("/"):
+            node = node.children.setdefault(level, _FilterTrie())
+        node.rules.append(rule)
+
+    def intersecting(self, topic_filter: str) -> Iterator[Rule]:
+        yield from self._walk(topic_filter.split("/"), 0)
+
+    def _walk(self, levels: list[str], i: int) -> Iterator[Rule]:
+        if "#" in self.children:  # '#' here takes the rest, the parent level included
+            yield from self.children["#"].rules
+        if i == len(levels):
+            yield from self.rules
+            return
+        level = levels[i]
+        if level == "#":
+            yield from self.rules
+            yield from self._everything_below()
+            return
+        for key, child in self.children.items():
+            if key == "#":
+                continue
+            if level == "+" or key == "+" or key == level:
+                yield from child._walk(levels, i + 1)
+
+    def _everything_below(self) -> Iterator[Rule]:
+        for child in self.children.values():
+            yield from child.rules
+            yield from child._everything_below()
+
+
+__all__ = [
+    "AvailabilityChange",
+    "Mapped",
+    "MappingSet",
+    "Outcome",
+    "Overlap",
+    "PublishPlan",
+    "Rejected",
+    "filter_matches",
+]

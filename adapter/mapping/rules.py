@@ -1,0 +1,286 @@
+"""Compiled mapping rules and the pure work they do on a message: decode the payload,
+test conditions, extract readings and the device's timestamp, fill templates."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from adapter.sepl.device import Device, normalise_tag_text
+from adapter.topic import TopicPattern, render_template, template_regex
+
+PAYLOAD_KINDS = ("json", "text", "number", "boolean", "raw")
+ON_WORDS = frozenset({"on", "true", "1", "online", "yes", "open"})
+OFF_WORDS = frozenset({"off", "false", "0", "offline", "no", "closed"})
+
+
+class DecodeError(ValueError):
+    """The payload is not what the rule says it is (e.g. `payload: json` but not JSON)."""
+
+
+_MISSING = object()
+
+
+class Path:
+    """A JMESPath expression, or `@` for the whole decoded payload."""
+
+    def __init__(self, text: str, expr: Any) -> None:
+        self.text = text
+        self._expr = expr
+
+    def search(self, document: Any) -> Any:
+        if self._expr is None:
+            return document
+        try:
+            return self._expr.search(document)
+        except Exception:  # jmespath raises on type mismatches in functions
+            return None
+
+    def __repr__(self) -> str:
+        return f"Path({self.text!r})"
+
+
+def decode_payload(kind: str, payload: bytes) -> Any:
+    """The payload as the rule's conditions and readings see it."""
+    if kind == "raw":
+        return payload
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("payload is not valid UTF-8") from None
+    if kind == "json":
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise DecodeError(f"payload is not JSON: {exc}") from None
+    if kind == "number":
+        number = as_number(text)
+        if number is None:
+            raise DecodeError(f"payload is not a number: {text[:40]!r}")
+        return number
+    if kind == "boolean":
+        word = text.strip().lower()
+        if word in ON_WORDS:
+            return True
+        if word in OFF_WORDS:
+            return False
+        raise DecodeError(f"payload is not a boolean word: {text[:40]!r}")
+    return text
+
+
+def as_number(value: Any, scale: float = 1.0) -> float | None:
+    """Numbers, numeric strings (OpenMQTTGateway sends "19.2") and booleans as 1/0."""
+    if isinstance(value, bool):
+        number = 1.0 if value else 0.0
+    elif isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("on", "true"):
+            number = 1.0
+        elif word in ("off", "false"):
+            number = 0.0
+        else:
+            try:
+                number = float(word)
+            except ValueError:
+                return None
+    else:
+        return None
+    if not math.isfinite(number):
+        return None
+    return number * scale
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`when:` — the message is taken only if every condition holds."""
+
+    path: Path
+    equals: Any = _MISSING
+    one_of: tuple[Any, ...] | None = None
+    exists: bool | None = None
+
+    def holds(self, document: Any) -> bool:
+        value = self.path.search(document)
+        if self.exists is not None and (value is not None) != self.exists:
+            return False
+        if self.equals is not _MISSING and value != self.equals:
+            return False
+        return self.one_of is None or value in self.one_of
+
+    def describe(self) -> str:
+        if self.exists is not None:
+            return f"{self.path.text} {'exists' if self.exists else 'is absent'}"
+        if self.one_of is not None:
+            return f"{self.path.text} in {list(self.one_of)!r}"
+        return f"{self.path.text} == {self.equals!r}"
+
+
+@dataclass(frozen=True)
+class Reading:
+    name: str
+    path: Path
+    scale: float = 1.0
+
+    def extract(self, document: Any) -> float | None:
+        return as_number(self.path.search(document), self.scale)
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """Where the device's own time stands, and the zone of a time without offset (D10)."""
+
+    path: Path
+    zone: tzinfo
+
+    def extract(self, document: Any) -> datetime | None:
+        return parse_device_time(self.path.search(document), self.zone)
+
+
+_OLD_TASMOTA = re.compile(r"^\d{4}\.\d\d\.\d\d \d\d:\d\d:\d\d$")
+
+
+def parse_device_time(value: Any, zone: tzinfo) -> datetime | None:
+    """ISO-8601 with or without offset, Tasmota's old `2018.02.15 01:00:50`, or epoch
+    seconds/milliseconds (Tasmota `Time 3`, Shelly `ts`)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = value / 1000.0 if value > 1e11 else float(value)
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _OLD_TASMOTA.match(text):
+        text = text.replace(".", "-", 2).replace(" ", "T")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Availability:
+    path: Path
+    online: tuple[Any, ...]
+    offline: tuple[Any, ...]
+
+    def state(self, document: Any) -> bool | None:
+        value = self.path.search(document)
+        if isinstance(value, str):
+            value = value.strip()
+        if value in self.online:
+            return True
+        if value in self.offline:
+            return False
+        return None
+
+
+@dataclass(frozen=True)
+class DeviceTemplate:
+    uri: str
+    name: str
+    device_type: str
+    tags: tuple[tuple[str, str], ...]
+
+    def render(self, values: Mapping[str, str], prefix: str) -> Device:
+        values = dict(values)
+        uri = render_template(self.uri, values)
+        if prefix:
+            uri = f"{prefix}:{uri}"
+        tags = tuple(
+            (
+                normalise_tag_text(render_template(k, values)),
+                normalise_tag_text(render_template(v, values)),
+            )
+            for k, v in self.tags
+        )
+        return Device(uri, render_template(self.name, values), self.device_type, tags)
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    where: str
+    pattern: TopicPattern
+    device: DeviceTemplate
+    service: str
+    payload: str
+    readings: tuple[Reading, ...] = ()
+    primary: str | None = None
+    priority: int = 0
+    when: tuple[Condition, ...] = ()
+    timestamp: Timestamp | None = None
+    availability: Availability | None = None
+
+    @property
+    def specificity(self) -> tuple[int, int, int]:
+        """Higher wins: priority, then fewer wildcards, then more literal levels."""
+        return (self.priority, -self.pattern.wildcards, self.pattern.literal_levels)
+
+    @property
+    def forwards(self) -> bool:
+        return self.availability is None
+
+
+@dataclass(frozen=True)
+class Reply:
+    topic: str
+    timeout: float
+    match: tuple[Condition, ...] = ()
+    payload: str = "json"
+    data: Path | None = None  # None: the reply payload as it came
+
+
+@dataclass(frozen=True)
+class CommandRule:
+    id: str
+    where: str
+    service: str
+    device: str  # device uri template, e.g. "tasmota:{topic}"
+    device_type: str
+    topic: str
+    payload: Any  # a text template, or a JSON structure whose strings are templates
+    qos: int
+    reply: Reply | None
+    _device_regex: re.Pattern[str] = field(repr=False, compare=False)
+
+    def device_values(self, uri: str, prefix: str) -> dict[str, str] | None:
+        if prefix:
+            if not uri.startswith(prefix + ":"):
+                return None
+            uri = uri[len(prefix) + 1 :]
+        match = self._device_regex.fullmatch(uri)
+        return None if match is None else match.groupdict()
+
+
+def fill(template: Any, values: Mapping[str, str]) -> Any:
+    """Fill a template; in a JSON structure only string leaves are templates."""
+    if isinstance(template, str):
+        return render_template(template, dict(values))
+    if isinstance(template, dict):
+        return {fill(k, values): fill(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [fill(v, values) for v in template]
+    return template
+
+
+def render_payload(template: Any, values: Mapping[str, str]) -> str:
+    filled = fill(template, values)
+    return filled if isinstance(filled, str) else json.dumps(filled, separators=(",", ":"))
+
+
+def command_regex(template: str) -> re.Pattern[str]:
+    return template_regex(template)

@@ -1,0 +1,111 @@
+"""YAML with positions: every mapping node knows its `file:line:column`, so errors in
+mapping files point at the key that is wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class MappingError(ValueError):
+    """A mapping file is wrong; the message starts with `file:line:column:`."""
+
+
+class Node(dict[str, Any]):
+    """A YAML mapping that remembers where it and each of its keys stand."""
+
+    where: str = "?"
+    key_where: dict[str, str]
+
+
+class _Loader(yaml.SafeLoader):
+    filename = "?"
+
+
+def _pos(filename: str, mark: Any) -> str:
+    return f"{filename}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
+    result = Node()
+    result.where = _pos(loader.filename, node.start_mark)
+    result.key_where = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        at = _pos(loader.filename, key_node.start_mark)
+        if not isinstance(key, str):
+            raise MappingError(f"{at}: keys must be text, got {key!r}")
+        if key in result:
+            raise MappingError(f"{at}: duplicate key {key!r}")
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_where[key] = at
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, filename: str) -> Any:
+    loader = _Loader(text)
+    loader.filename = filename
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = _pos(filename, mark) if mark is not None else filename
+        raise MappingError(f"{where}: invalid YAML: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{filename}: invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+class Reader:
+    """Typed access to one YAML mapping with errors that point at the offending key."""
+
+    def __init__(self, node: Any, where: str, what: str, allowed: set[str]) -> None:
+        if not isinstance(node, Node):
+            raise MappingError(f"{where}: {what} must be a mapping")
+        self.node, self.what = node, what
+        for key in node:
+            if key not in allowed:
+                raise MappingError(
+                    f"{node.key_where[key]}: unknown key {key!r} in {what}; "
+                    f"expected one of {', '.join(sorted(allowed))}"
+                )
+
+    @property
+    def where(self) -> str:
+        return self.node.where
+
+    def at(self, key: str) -> str:
+        return self.node.key_where.get(key, self.node.where)
+
+    def has(self, key: str) -> bool:
+        return key in self.node and self.node[key] is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.node.get(key, default)
+        return default if value is None else value
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.get(key, default)
+        if value is None:
+            raise MappingError(f"{self.node.where}: {self.what} needs {key!r}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise MappingError(f"{self.at(key)}: {key!r} must be text")
+        return str(value)
+
+    def optional_text(self, key: str) -> str | None:
+        return self.text(key) if self.has(key) else None
+
+    def fail(self, key: str, message: str) -> MappingError:
+        return MappingError(f"{self.at(key)}: {message}")
+
+    def sub(self, key: str, what: str, allowed: set[str]) -> Reader:
+        return Reader(self.node.get(key), self.at(key), what, allowed)
+
+
+def where_of(node: Any, fallback: str) -> str:
+    return node.where if isinstance(node, Node) else fallback
