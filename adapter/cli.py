@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from adapter import config, sandbox, simulate
+    from adapter.mapping import report
 
     parser = argparse.ArgumentParser(
         prog="sepl-adapter",
@@ -27,13 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.configure_parser(
         sub.add_parser("simulate", help="simulate Tasmota devices on an MQTT broker")
     )
+    report.configure_check(sub.add_parser("check", help="validate and list the mappings"))
+    report.configure_explain(
+        sub.add_parser("explain", help="show what the mappings make of one message")
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"run", "config", "sandbox", "simulate", "-h", "--help"}
+    known = {"run", "config", "sandbox", "simulate", "check", "explain", "-h", "--help"}
     if not args_list or args_list[0] not in known:
         args_list.insert(0, "run")
     args = parser.parse_args(args_list)
@@ -49,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from adapter import simulate
 
         return simulate.main(args)
+    if args.command in ("check", "explain"):
+        from adapter.mapping import report
+
+        return report.check(args) if args.command == "check" else report.explain(args)
     from adapter import app
 
     return app.main(args)

@@ -1,0 +1,234 @@
+"""`sepl-adapter check` and `sepl-adapter explain`: what the mappings do, in words."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from adapter.mapping import (
+    AvailabilityChange,
+    Mapped,
+    MappingError,
+    MappingSet,
+    Rejected,
+    load_directory,
+)
+from adapter.mapping.rules import DecodeError, Rule, decode_payload
+from adapter.sepl.state import GatewayState
+
+# Real SEPL ids carry a UUID (`iot#40c41048-…`, `urn:infai:ses:device-type:…`).
+_REAL_TYPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+
+
+def configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "directory",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="mapping directory (MAPPINGS_DIR, default ./mappings)",
+    )
+    _common(parser)
+
+
+def configure_explain(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", help="an MQTT topic, e.g. tele/kitchen/SENSOR")
+    parser.add_argument(
+        "payload", nargs="?", default="", help="the payload text, or @FILE to read it from a file"
+    )
+    parser.add_argument("--mappings-dir", dest="directory", type=Path, default=None)
+    _common(parser)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device-prefix", default=os.environ.get("DEVICE_PREFIX", ""))
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="list the devices remembered there (ADAPTER_STATE_DIR)",
+    )
+
+
+def _directory(args: argparse.Namespace) -> Path:
+    return args.directory or Path(os.environ.get("MAPPINGS_DIR", "mappings"))
+
+
+def _load(args: argparse.Namespace) -> MappingSet | None:
+    try:
+        return load_directory(_directory(args), args.device_prefix)
+    except MappingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def placeholder_warnings(mappings: MappingSet) -> list[str]:
+    warnings = []
+    seen: set[str] = set()
+    for rule in mappings.rules:
+        device_type = rule.device.device_type
+        if device_type not in seen and not _REAL_TYPE.search(device_type):
+            seen.add(device_type)
+            warnings.append(
+                f"{rule.where}: device type {device_type!r} is a placeholder: the sandbox "
+                "accepts it, a real platform needs the id of a device type that exists there "
+                "(D11)"
+            )
+    return warnings
+
+
+def check(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    mappings = _load(args)
+    if mappings is None:
+        return 1
+    print(
+        f"{directory}: {len(mappings.files)} files, {len(mappings.rules)} rules, "
+        f"{len(mappings.commands)} commands"
+    )
+    print("\nrules (most specific first within a topic):")
+    for rule in sorted(mappings.rules, key=lambda r: (r.pattern.mqtt_filter, r.id)):
+        kind = "availability" if rule.availability else f"service {rule.service}"
+        readings = ", ".join(r.name for r in rule.readings) or "-"
+        print(
+            f"  {rule.id}: {rule.pattern.text} -> {rule.device.uri} "
+            f"({rule.device.device_type}), {kind}, readings {readings}"
+            + (f", primary {rule.primary}" if rule.primary else "")
+        )
+    print("\ncommands:")
+    for command in mappings.commands:
+        reply = f", reply on {command.reply.topic}" if command.reply else ""
+        print(f"  {command.service} for {command.device}: publish {command.topic}{reply}")
+    device_types = mappings.device_types()
+    print("\ndevice types and services:")
+    for name, services in sorted(device_types.items()):
+        print(f"  {name}: {', '.join(sorted(services))}")
+    if args.state_dir is not None:
+        known = GatewayState(args.state_dir / "connector").devices
+        print(f"\ndevices remembered in {args.state_dir}: {len(known)}")
+        for device in sorted(known.values(), key=lambda d: d.uri):
+            print(f"  {device.uri}: {device.name} ({device.device_type})")
+    warnings = placeholder_warnings(mappings)
+    warnings += [f"{o.second.where}: warning: {o.describe()}" for o in mappings.overlaps()]
+    if warnings:
+        print(f"\n{len(warnings)} warnings:")
+        for warning in warnings:
+            print(f"  {warning}")
+    print("\nok")
+    return 0
+
+
+def explain(args: argparse.Namespace) -> int:
+    mappings = _load(args)
+    if mappings is None:
+        return 1
+    payload = _payload(args.payload)
+    outcome = mappings.map(args.topic, payload, datetime.now(UTC))
+    candidates = mappings.candidates(args.topic)
+    if isinstance(outcome, Mapped):
+        rule = outcome.rule
+        print(f"rule {rule.id} ({rule.where}) matched {rule.pattern.text}")
+        print(f"  placeholders: {json.dumps(outcome.values)}")
+        _print_device(outcome.device)
+        print(f"  service: {outcome.service}")
+        print(
+            f"  readings: {json.dumps(outcome.readings)}"
+            + (f" (missing: {', '.join(outcome.missing)})" if outcome.missing else "")
+        )
+        print(f"  primary: {rule.primary if rule.primary in outcome.readings else None}")
+        print(f"  event part data: {outcome.data[:400]}")
+        print(f"  event part metadata: {outcome.metadata}")
+    elif isinstance(outcome, AvailabilityChange):
+        state = {True: "online", False: "offline", None: "unknown payload"}[outcome.online]
+        print(
+            f"rule {outcome.rule.id} ({outcome.rule.where}): availability of "
+            f"{outcome.device.uri}: {state} (no event is sent)"
+        )
+    elif isinstance(outcome, Rejected):
+        print(
+            f"rule {outcome.rule.id} ({outcome.rule.where}) takes the topic but rejects "
+            f"the payload: {outcome.reason}"
+        )
+        return 1
+    else:
+        print(f"no rule takes {args.topic!r}")
+        for line in _why_not(mappings, args.topic, payload, candidates):
+            print(f"  {line}")
+        return 1
+    return 0
+
+
+def _payload(text: str) -> bytes:
+    if text.startswith("@"):
+        return Path(text[1:]).read_bytes()
+    return text.encode("utf-8")
+
+
+def _print_device(device: object) -> None:
+    from adapter.sepl.device import Device
+
+    assert isinstance(device, Device)
+    print(
+        f"  device: {device.uri} name {device.name!r} type {device.device_type}"
+        f" tags {dict(device.tags)}"
+    )
+
+
+def _why_not(
+    mappings: MappingSet, topic: str, payload: bytes, candidates: list[tuple[Rule, dict[str, str]]]
+) -> list[str]:
+    """The closest rules and why each did not take the message."""
+    reasons = []
+    for rule, _ in candidates:  # the topic matched, something else did not
+        try:
+            document = decode_payload(rule.payload, payload)
+        except DecodeError as exc:
+            reasons.append(f"{rule.id} ({rule.where}): {exc}")
+            continue
+        failed = [c.describe() for c in rule.when if not c.holds(document)]
+        reasons.append(f"{rule.id} ({rule.where}): condition not met: {'; '.join(failed)}")
+    scored = sorted(
+        (r for r in mappings.rules if r not in {c[0] for c in candidates}),
+        key=lambda r: _closeness(r, topic),
+        reverse=True,
+    )
+    for rule in scored[:3]:
+        reasons.append(f"{rule.id} ({rule.where}): {_topic_mismatch(rule, topic)}")
+    return reasons or ["there are no rules"]
+
+
+def _closeness(rule: Rule, topic: str) -> tuple[int, int]:
+    levels = topic.split("/")
+    pattern = rule.pattern.text.split("/")
+    same = 0
+    for want, got in zip(pattern, levels, strict=False):
+        if want == got:
+            same += 2
+        elif want.startswith("{") or want in ("+", "#"):
+            same += 1
+        else:
+            break
+    return same, -abs(len(pattern) - len(levels))
+
+
+def _topic_mismatch(rule: Rule, topic: str) -> str:
+    levels = topic.split("/")
+    pattern = rule.pattern.text.split("/")
+    for index, (want, got) in enumerate(zip(pattern, levels, strict=False)):
+        if want.startswith("{") or want in ("+", "#"):
+            if want.endswith("...}") or want == "#":
+                return f"pattern {rule.pattern.text!r} does not match (after level {index + 1})"
+            continue
+        if want != got:
+            return f"level {index + 1} is {got!r}, the pattern {rule.pattern.text!r} wants {want!r}"
+    return (
+        f"the topic has {len(levels)} levels, the pattern {rule.pattern.text!r} has {len(pattern)}"
+    )
+
+
+__all__ = ["check", "configure_check", "configure_explain", "explain"]
