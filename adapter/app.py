@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -109,6 +110,40 @@ class Adapter:
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
+
+    async def watch_mappings(self) -> None:
+        """Hot reload: an edited mapping directory takes effect within about a second; an
+        invalid edit is logged with its location and the previous mappings stay."""
+        directory = self.settings.mappings_dir
+        signature = mapping_signature(directory)
+        while True:
+            await anyio.sleep(MAPPING_POLL)
+            current = await anyio.to_thread.run_sync(mapping_signature, directory)
+            if current == signature:
+                continue
+            signature = current
+            try:
+                new = await anyio.to_thread.run_sync(
+                    load_directory, directory, self.settings.device_prefix
+                )
+            except MappingError as exc:
+                self.count("mapping_reload_errors")
+                log.error("mapping change not applied, the previous mappings stay: %s", exc)
+                continue
+            await self.apply_mappings(new)
+
+    async def apply_mappings(self, new: MappingSet) -> None:
+        self.mappings = new
+        self.mqtt.set_filters(subscription_filters(new))
+        gone = [uri for uri in self.connector.devices if not new.produces(uri)]
+        if gone:
+            log.info("no rule makes %s any more: disconnecting", ", ".join(sorted(gone)))
+            try:
+                await self.connector.unregister(gone)
+            except ConnectorError as exc:
+                log.warning("disconnecting %s failed: %s", ", ".join(gone), exc)
+        self.count("mapping_reloads")
+        log.info("mappings reloaded: %d rules, %d command rules", len(new.rules), len(new.commands))
 
     async def forward(self) -> None:
         async for message in self.mqtt.messages:
@@ -237,6 +272,21 @@ class Adapter:
                 self.replies.remove(waiter)
 
 
+MAPPING_POLL = 0.5  # seconds between looks at the mapping directory
+
+
+def mapping_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, modification times and sizes of the mapping files: cheap to compare."""
+    entries = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
+
+
 def subscription_filters(mappings: MappingSet) -> list[str]:
     filters = set(mappings.filters)
     for command in mappings.commands:
@@ -250,13 +300,14 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     client_id = settings.mqtt_client_id or stable_client_id(state_dir)
     connector_config = ConnectorConfig.from_settings(settings, state_dir=state_dir / "connector")
-    mqtt = MqttLink(settings, client_id, subscription_filters(mappings))
+    mqtt = MqttLink(settings, client_id, subscription_filters(mappings), state_dir=state_dir)
     async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
         adapter = Adapter(settings, mappings, connector, mqtt)
         tg.start_soon(_stop_on_signal, tg)
         tg.start_soon(mqtt.run)
         tg.start_soon(adapter.forward)
         tg.start_soon(adapter.handle_commands, tg)
+        tg.start_soon(adapter.watch_mappings)
         log.info(
             "adapter running: %d rules, %d command rules, subscribed to %s",
             len(mappings.rules),

@@ -6,6 +6,7 @@ platform pushes back on the broker, not on memory).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import ssl
@@ -74,10 +75,17 @@ class MqttLink:
         client_id: str,
         filters: list[str],
         buffer: int = 1000,
+        state_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.client_id = client_id
-        self.filters = list(filters)
+        self.filters = sorted(set(filters))
+        # What the broker's persistent session holds, so that filters a mapping edit (or
+        # the last run) dropped are unsubscribed instead of flowing in forever.
+        self._subscriptions_file = None if state_dir is None else state_dir / "mqtt-filters.json"
+        self._subscribed = self._load_subscribed()
+        self._lock = threading.Lock()
+        self._pending: dict[int, list[str]] = {}
         self.connected = threading.Event()
         self.received = 0
         self.undecodable = 0
@@ -135,8 +143,8 @@ class MqttLink:
             self.settings.mqtt_port,
             self.client_id,
         )
-        if self.filters:
-            client.subscribe([(f, self.settings.mqtt_qos) for f in self.filters])
+        with self._lock:
+            self._subscribe(client, self.filters, set(self._subscribed) - set(self.filters))
         client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
         self.connected.set()
 
@@ -148,10 +156,47 @@ class MqttLink:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        refused = [f for f, rc in zip(self.filters, reason_codes, strict=False) if rc.is_failure]
+        with self._lock:
+            filters = self._pending.pop(mid, [])
+        refused = [f for f, rc in zip(filters, reason_codes, strict=False) if rc.is_failure]
         for topic_filter in refused:
             log.error("broker refused the subscription to %s", topic_filter)
         log.info("subscribed to %d topic filters", len(reason_codes) - len(refused))
+
+    def _subscribe(self, client: mqtt.Client, add: list[str], remove: set[str]) -> None:
+        """Called with the lock held."""
+        if remove:
+            client.unsubscribe(sorted(remove))
+            log.info("unsubscribed from %s", ", ".join(sorted(remove)))
+        if add:
+            result, mid = client.subscribe([(f, self.settings.mqtt_qos) for f in add])
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._pending[mid] = list(add)
+        self._subscribed = set(self.filters)
+        self._save_subscribed()
+
+    def set_filters(self, filters: list[str]) -> None:
+        """Change the subscriptions without dropping the connection (mapping reload)."""
+        with self._lock:
+            new = sorted(set(filters))
+            added = [f for f in new if f not in self._subscribed]
+            removed = self._subscribed - set(new)
+            self.filters = new
+            if self.connected.is_set():
+                self._subscribe(self._client, added, removed)
+
+    def _load_subscribed(self) -> set[str]:
+        path = self._subscriptions_file
+        if path is None or not path.exists():
+            return set()
+        try:
+            return {str(f) for f in json.loads(path.read_text(encoding="utf-8"))}
+        except (OSError, ValueError, TypeError):
+            return set()
+
+    def _save_subscribed(self) -> None:
+        if self._subscriptions_file is not None:
+            write_atomically(self._subscriptions_file, json.dumps(sorted(self._subscribed)))
 
     def _on_disconnect(
         self,

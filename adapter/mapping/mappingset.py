@@ -23,7 +23,7 @@ from adapter.mapping.rules import (
 from adapter.mapping.yamlsource import MappingError
 from adapter.sepl.device import Device
 from adapter.sepl.messages import event_metadata, payload_text
-from adapter.topic import TopicPattern, filter_matches, render_template
+from adapter.topic import TopicPattern, filter_matches, render_template, template_regex
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,18 @@ class MappingSet:
             return payload_text(payload)[0]
         value = reply.data.search(document)
         return value if isinstance(value, str) else json.dumps(value)
+
+    def produces(self, device_uri: str) -> bool:
+        """Could some rule still make this device? (Devices no rule makes are dropped.)"""
+        if self.prefix:
+            if not device_uri.startswith(self.prefix + ":"):
+                return False
+            device_uri = device_uri[len(self.prefix) + 1 :]
+        return any(
+            template_regex(rule.device.uri).fullmatch(device_uri) is not None
+            for rule in self.rules
+            if rule.forwards
+        )
 
     # --- the platform's view -------------------------------------------------------------
 
