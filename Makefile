@@ -59,8 +59,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench:
-	@echo "benchmarks arrive with issue [6]: throughput, latency, memory and recovery against a naive baseline"
+bench: venv
+	$(VPY) -m bench.match
+	@echo "more benchmarks arrive with issue [6]: throughput, latency, memory and recovery against a naive baseline"
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

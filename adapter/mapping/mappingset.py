@@ -26,6 +26,9 @@ from adapter.sepl.messages import event_metadata, payload_text
 from adapter.topic import TopicPattern, filter_matches, render_template, template_regex
 
 
+TOPIC_CACHE_SIZE = 100_000  # distinct topics remembered (cleared when full)
+
+
 @dataclass(frozen=True)
 class Mapped:
     """A message that becomes an event."""
@@ -91,6 +94,7 @@ class MappingSet:
 
     def __post_init__(self) -> None:
         self._matcher = MQTTMatcher()  # type: ignore[no-untyped-call]
+        self._cache: dict[str, list[tuple[Rule, dict[str, str], Device]]] = {}
         groups: dict[str, list[Rule]] = {}
         for rule in self.rules:
             groups.setdefault(rule.pattern.mqtt_filter, []).append(rule)
@@ -115,21 +119,32 @@ class MappingSet:
 
     def candidates(self, topic: str) -> list[tuple[Rule, dict[str, str]]]:
         """Every rule whose pattern matches, most specific first."""
+        return [(rule, values) for rule, values, _ in self._matches(topic)]
+
+    def _matches(self, topic: str) -> list[tuple[Rule, dict[str, str], Device]]:
+        # Devices publish to the same few topics over and over, so the matches of a topic,
+        # with their rendered devices, are kept: a dict lookup per message whatever the
+        # number of rules. A mapping reload builds a new set and so a new cache.
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
         found = []
         for group in self._matcher.iter_match(topic):  # type: ignore[no-untyped-call]
             for rule in group:
                 values = rule.pattern.match(topic)
                 if values is not None:
-                    found.append((rule, values))
+                    found.append((rule, values, rule.device.render(values, self.prefix)))
         found.sort(key=lambda item: item[0].specificity, reverse=True)
+        if len(self._cache) >= TOPIC_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[topic] = found
         return found
 
     def map(self, topic: str, payload: bytes, received: datetime) -> Outcome | None:
         """A message to its outcome, or None when no rule takes it."""
         rejected: Rejected | None = None
         decoded: dict[str, Any] = {}
-        for rule, values in self.candidates(topic):
-            device = rule.device.render(values, self.prefix)
+        for rule, values, device in self._matches(topic):
             try:
                 if rule.payload not in decoded:
                     decoded[rule.payload] = decode_payload(rule.payload, payload)
