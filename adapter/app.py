@@ -23,9 +23,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from adapter import config
+from adapter.delivery import Sender
 from adapter.mapping import (
     AvailabilityChange,
-    Mapped,
     MappingError,
     MappingSet,
     PublishPlan,
@@ -33,8 +33,9 @@ from adapter.mapping import (
     load_directory,
 )
 from adapter.mqtt import Message, MqttLink, PublishRefused, stable_client_id
-from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError, LinkDown
-from adapter.sepl.messages import format_time
+from adapter.outbox import NewEvent, Outbox
+from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError
+from adapter.sepl.messages import event_metadata, format_time, payload_text
 from adapter.topic import TopicPattern
 
 log = logging.getLogger("adapter")
@@ -102,11 +103,14 @@ class Adapter:
     mappings: MappingSet
     connector: Connector
     mqtt: MqttLink
+    outbox: Outbox
+    sender: Sender
     replies: list[ReplyWaiter] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     online: dict[str, bool | None] = field(default_factory=dict)
     problems: RateLimitedLog = field(default_factory=RateLimitedLog)
     _next_id: int = 0
+    _published: dict[tuple[str, bytes], float] = field(default_factory=dict)
 
     def count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -146,27 +150,99 @@ class Adapter:
         log.info("mappings reloaded: %d rules, %d command rules", len(new.rules), len(new.commands))
 
     async def forward(self) -> None:
-        async for message in self.mqtt.messages:
-            self._resolve_replies(message)
-            outcome = self.mappings.map(message.topic, message.payload, message.received)
-            if outcome is None:
-                self.count("unmapped")
-            elif isinstance(outcome, Rejected):
-                self.count("rejected")
-                self.problems.warning(
-                    outcome.rule.id,
-                    "rule %s: message on %s rejected: %s",
-                    outcome.rule.id,
-                    message.topic,
+        """MQTT messages to outbox rows, in batches; each batch is acknowledged to the
+        broker only after it was written (at-least-once from broker to outbox)."""
+        stream = self.mqtt.messages
+        async for first in stream:
+            batch = [first]
+            while len(batch) < FORWARD_BATCH:
+                try:
+                    batch.append(stream.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            events: list[NewEvent] = []
+            refused: list[tuple[NewEvent, str]] = []
+            for message in batch:
+                self._take(message, events, refused)
+            self.outbox.add(events)
+            self.outbox.add_dead_letters(refused)
+            self.mqtt.ack(batch)
+            if events:
+                self.sender.notify()
+
+    def _take(
+        self, message: Message, events: list[NewEvent], refused: list[tuple[NewEvent, str]]
+    ) -> None:
+        self.count("received")
+        if self._is_own(message):
+            self.count("own_skipped")
+            return
+        self._resolve_replies(message)
+        if not self._forward_retained(message):
+            self.count("retained_skipped")
+            return
+        outcome = self.mappings.map(message.topic, message.payload, message.received)
+        if outcome is None:
+            self.count("unmapped")
+        elif isinstance(outcome, Rejected):
+            self.count("rejected")
+            self.problems.warning(
+                outcome.rule.id,
+                "rule %s: message on %s rejected: %s",
+                outcome.rule.id,
+                message.topic,
+                outcome.reason,
+            )
+            data, encoding = payload_text(message.payload)
+            metadata = event_metadata(
+                time=message.received,
+                topic=message.topic,
+                readings={},
+                primary=None,
+                encoding=encoding,
+            )
+            refused.append(
+                (
+                    NewEvent(outcome.device, outcome.rule.service, data, metadata, outcome.rule.id),
                     outcome.reason,
                 )
-            elif isinstance(outcome, AvailabilityChange):
-                self._availability(outcome)
-            else:
-                self.count("mapped")
-                if outcome.missing:
-                    self.count("readings_missing")
-                await self._send(outcome, message)
+            )
+        elif isinstance(outcome, AvailabilityChange):
+            self._availability(outcome)
+        else:
+            self.count("mapped")
+            if outcome.missing:
+                self.count("readings_missing")
+            events.append(
+                NewEvent(
+                    outcome.device, outcome.service, outcome.data, outcome.metadata, outcome.rule.id
+                )
+            )
+
+    def _is_own(self, message: Message) -> bool:
+        """The adapter's own publications coming back (MQTT 3.1.1 has no No Local)."""
+        if message.topic == self.settings.mqtt_status_topic:
+            return True
+        key = (message.topic, message.payload)
+        expiry = self._published.get(key)
+        if expiry is None:
+            return False
+        del self._published[key]
+        return expiry >= time.monotonic()
+
+    def _remember_published(self, topic: str, payload: str) -> None:
+        now = time.monotonic()
+        if len(self._published) > 1000:
+            self._published = {k: t for k, t in self._published.items() if t >= now}
+        self._published[(topic, payload.encode("utf-8"))] = now + OWN_ECHO_WINDOW
+
+    def _forward_retained(self, message: Message) -> bool:
+        policy = self.settings.forward_retained
+        if policy == "all":
+            return True
+        if policy == "none":
+            return not message.retain
+        return self.outbox.should_forward(message.topic, message.payload, message.retain)
 
     def _availability(self, change: AvailabilityChange) -> None:
         uri = change.device.uri
@@ -174,28 +250,6 @@ class Adapter:
             state = {True: "online", False: "offline", None: "unknown"}[change.online]
             log.info("device %s is %s", uri, state)
         self.online[uri] = change.online
-
-    async def _send(self, mapped: Mapped, message: Message) -> None:
-        while True:
-            try:
-                await self.connector.send_event(
-                    mapped.device, mapped.service, mapped.data, mapped.metadata
-                )
-                self.count("acknowledged")
-                return
-            except LinkDown as exc:
-                log.debug("event for %s waits for the link: %s", mapped.device.uri, exc)
-                await self.connector.wait_ready()
-            except ConnectorError as exc:
-                self.count("undelivered")
-                self.problems.warning(
-                    mapped.rule.id,
-                    "event of %s from %s not delivered: %s",
-                    mapped.device.uri,
-                    message.topic,
-                    exc,
-                )
-                return
 
     def _resolve_replies(self, message: Message) -> None:
         for waiter in self.replies:
@@ -242,6 +296,7 @@ class Adapter:
             self.replies.append(waiter)
         try:
             try:
+                self._remember_published(plan.topic, plan.payload)
                 await self.mqtt.publish(plan.topic, plan.payload, plan.rule.qos)
             except (ConnectionError, PublishRefused) as exc:
                 log.warning("command for %s not published: %s", command.device_uri, exc)
@@ -301,19 +356,46 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     client_id = settings.mqtt_client_id or stable_client_id(state_dir)
     connector_config = ConnectorConfig.from_settings(settings, state_dir=state_dir / "connector")
     mqtt = MqttLink(settings, client_id, subscription_filters(mappings), state_dir=state_dir)
-    async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
-        adapter = Adapter(settings, mappings, connector, mqtt)
-        tg.start_soon(_stop_on_signal, tg)
-        tg.start_soon(mqtt.run)
-        tg.start_soon(adapter.forward)
-        tg.start_soon(adapter.handle_commands, tg)
-        tg.start_soon(adapter.watch_mappings)
-        log.info(
-            "adapter running: %d rules, %d command rules, subscribed to %s",
-            len(mappings.rules),
-            len(mappings.commands),
-            ", ".join(mqtt.filters) or "-",
-        )
+    outbox = Outbox(
+        state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
+    )
+    if len(outbox):
+        log.info("resuming with %d events in the outbox", len(outbox))
+    try:
+        async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
+            sender = Sender(outbox, connector, settings.connector_inflight)
+            adapter = Adapter(settings, mappings, connector, mqtt, outbox, sender)
+            tg.start_soon(sender.run)
+            tg.start_soon(_expire, outbox)
+            async with anyio.create_task_group() as intake:
+                intake.start_soon(_stop_on_signal, intake)
+                intake.start_soon(mqtt.run)
+                intake.start_soon(adapter.forward)
+                intake.start_soon(adapter.handle_commands, intake)
+                intake.start_soon(adapter.watch_mappings)
+                log.info(
+                    "adapter running: %d rules, %d command rules, subscribed to %s",
+                    len(mappings.rules),
+                    len(mappings.commands),
+                    ", ".join(mqtt.filters) or "-",
+                )
+            # No more messages are taken; what is in flight gets a few seconds to finish.
+            await sender.drain(SHUTDOWN_GRACE)
+            log.info("stopped; %d events stay in the outbox for the next start", len(outbox))
+            tg.cancel_scope.cancel()
+    finally:
+        outbox.close()
+
+
+FORWARD_BATCH = 256
+OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
+SHUTDOWN_GRACE = 5.0
+
+
+async def _expire(outbox: Outbox) -> None:
+    while True:
+        outbox.expire()
+        await anyio.sleep(60)
 
 
 async def _stop_on_signal(tg: TaskGroup) -> None:

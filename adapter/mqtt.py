@@ -43,6 +43,7 @@ class Message:
     qos: int
     retain: bool
     received: datetime
+    mid: int = 0
 
 
 def stable_client_id(state_dir: Path) -> str:
@@ -104,6 +105,8 @@ class MqttLink:
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             # A persistent session: QoS 1 messages published while we are away are kept.
             clean_session=None if v5 else False,
+            # PUBACK only once the message is in the outbox (or deliberately dropped).
+            manual_ack=True,
         )
         if s.mqtt_username:
             password = s.mqtt_password.get() if s.mqtt_password else None
@@ -217,8 +220,12 @@ class MqttLink:
         except UnicodeDecodeError:
             self.undecodable += 1
             log.warning("dropping a message whose topic is not valid UTF-8")
+            if msg.qos:
+                client.ack(msg.mid, msg.qos)
             return
-        message = Message(topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC))
+        message = Message(
+            topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC), msg.mid
+        )
         # Shutting down: the stream is closed or the event loop is gone.
         with contextlib.suppress(
             anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError
@@ -255,6 +262,12 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
         self._send.close()
+
+    def ack(self, messages: list[Message]) -> None:
+        """Acknowledge to the broker (paho's ack is thread-safe)."""
+        for message in messages:
+            if message.qos:
+                self._client.ack(message.mid, message.qos)
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> None:
         """Publish a command. Never retained (device-conventions §3.4 item 2)."""

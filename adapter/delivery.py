@@ -1,0 +1,246 @@
+"""Delivery from the outbox to the platform (decision D8): a window of events in flight,
+per-device order, retries of 500s with back-off, dead letters for refusals, and a circuit
+breaker so one poison device cannot spend the session's error budget."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from adapter.outbox import Entry, Outbox
+from adapter.sepl.client import (
+    Connector,
+    ConnectorError,
+    DeviceQuarantined,
+    EventRejected,
+    LinkDown,
+)
+
+log = logging.getLogger("adapter.delivery")
+
+FETCH = 512  # rows read from the outbox at a time
+FLUSH_INTERVAL = 0.05  # acknowledged rows are deleted in batches this often
+POLL_INTERVAL = 1.0  # new rows written by another process (dead-letter replay)
+
+
+@dataclass
+class Breaker:
+    """Per device: after `threshold` refusals in a row its events wait `cooldown` s."""
+
+    threshold: int = 5
+    cooldown: float = 30.0
+    failures: int = 0
+    open_until: float = 0.0
+
+    def allows(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def success(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+    def failure(self, now: float) -> bool:
+        """Count a failure; True when this one opened the breaker."""
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = now + self.cooldown * 2 ** min(self.failures - self.threshold, 4)
+            return True
+        return False
+
+
+@dataclass
+class DeliveryStats:
+    acknowledged: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    link_failures: int = 0
+    breaker_trips: int = 0
+    latency_sum: float = 0.0
+
+
+@dataclass
+class Sender:
+    outbox: Outbox
+    connector: Connector
+    inflight: int = 32
+    max_retries: int = 5
+    retry_base: float = 1.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+    stats: DeliveryStats = field(default_factory=DeliveryStats)
+
+    def __post_init__(self) -> None:
+        self._ready: list[tuple[int, Entry]] = []  # heap by seq: sent in outbox order
+        self._cursor = 0  # highest seq read from the outbox
+        self._in_flight: set[int] = set()
+        self._held: dict[str, list[Entry]] = {}  # device -> entries waiting behind a retry
+        self._retry_at: dict[str, float] = {}  # device -> when its head entry goes again
+        self._breakers: dict[str, Breaker] = {}
+        self._acked: list[int] = []
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._slots = anyio.Semaphore(self.inflight)  # acquired here, released by the sender task
+
+    def notify(self) -> None:
+        """New rows were added."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._flusher)
+            tg.start_soon(self._poller)
+            try:
+                await self._dispatch(tg)
+            finally:
+                self._flush()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) until nothing is in flight; for a clean shutdown."""
+        with anyio.move_on_after(timeout):
+            while self._in_flight:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        self._flush()
+
+    async def _dispatch(self, tg: TaskGroup) -> None:
+        while True:
+            entry = await self._next()
+            await self._slots.acquire()
+            self._in_flight.add(entry.seq)
+            tg.start_soon(self._deliver, entry)
+
+    async def _next(self) -> Entry:
+        while True:
+            if len(self._ready) < FETCH // 2:
+                self._fetch()
+            now = time.monotonic()
+            self._release_due(now)
+            while self._ready:
+                _, entry = heapq.heappop(self._ready)
+                uri = entry.device_uri
+                breaker = self._breakers.get(uri)
+                if uri in self._retry_at or (breaker is not None and not breaker.allows(now)):
+                    # Behind an earlier event of the same device: keep the device's order.
+                    self._held.setdefault(uri, []).append(entry)
+                    self._retry_at.setdefault(uri, breaker.open_until if breaker else now)
+                    continue
+                return entry
+            self._wake = anyio.Event()
+            delay = min((t - now for t in self._retry_at.values()), default=POLL_INTERVAL)
+            with anyio.move_on_after(max(0.01, min(delay, POLL_INTERVAL))):
+                await self._wake.wait()
+
+    def _fetch(self) -> None:
+        for entry in self.outbox.after(self._cursor, FETCH):
+            self._cursor = entry.seq
+            heapq.heappush(self._ready, (entry.seq, entry))
+
+    def _release_due(self, now: float) -> None:
+        for uri, due in list(self._retry_at.items()):
+            if due <= now:
+                del self._retry_at[uri]
+                for entry in self._held.pop(uri, []):
+                    heapq.heappush(self._ready, (entry.seq, entry))
+
+    def _hold(self, entry: Entry, until: float) -> None:
+        uri = entry.device_uri
+        self._retry_at[uri] = max(until, self._retry_at.get(uri, 0.0))
+        self._held.setdefault(uri, []).insert(0, entry)
+
+    async def _deliver(self, entry: Entry) -> None:
+        try:
+            await self._send(entry)
+        finally:
+            self._in_flight.discard(entry.seq)
+            self._slots.release()
+            if not self._in_flight:
+                self._idle.set()
+            self._wake.set()
+
+    async def _send(self, entry: Entry) -> None:
+        uri = entry.device_uri
+        try:
+            await self.connector.send_event(entry.device, entry.service, entry.data, entry.metadata)
+        except LinkDown as exc:
+            # Not answered: it goes again, in order, once the link is back (duplicates
+            # possible, never gaps).
+            self.stats.link_failures += 1
+            log.debug("event %d waits for the link: %s", entry.seq, exc)
+            heapq.heappush(self._ready, (entry.seq, entry))
+            await self.connector.wait_ready()
+            return
+        except DeviceQuarantined as exc:
+            self._dead_letter(entry, f"device quarantined: {exc}")
+            return
+        except EventRejected as exc:
+            if self._breaker(uri).failure(time.monotonic()):
+                self.stats.breaker_trips += 1
+                log.warning(
+                    "device %s: %d refusals in a row; holding its events",
+                    uri,
+                    self._breaker(uri).failures,
+                )
+            if exc.retryable and entry.attempts + 1 < self.max_retries:
+                self.outbox.record_attempt(entry.seq)
+                self.stats.retries += 1
+                retried = Entry(
+                    entry.seq,
+                    entry.created,
+                    entry.device,
+                    entry.service,
+                    entry.data,
+                    entry.metadata,
+                    entry.rule,
+                    entry.attempts + 1,
+                )
+                self._hold(retried, time.monotonic() + self.retry_base * 2**entry.attempts)
+                return
+            self._dead_letter(entry, str(exc))
+            return
+        except ConnectorError as exc:
+            self._dead_letter(entry, str(exc))
+            return
+        self._breaker(uri).success()
+        self.stats.acknowledged += 1
+        self.stats.latency_sum += max(0.0, time.time() - entry.created)
+        self._acked.append(entry.seq)
+        if len(self._acked) >= FETCH:
+            self._flush()
+
+    def _breaker(self, uri: str) -> Breaker:
+        breaker = self._breakers.get(uri)
+        if breaker is None:
+            breaker = self._breakers[uri] = Breaker(self.breaker_threshold, self.breaker_cooldown)
+        return breaker
+
+    def _dead_letter(self, entry: Entry, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        log.warning(
+            "event %d of %s moved to the dead letters: %s", entry.seq, entry.device_uri, reason
+        )
+        self.outbox.dead_letter(entry, reason)
+
+    def _flush(self) -> None:
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.outbox.delete(acked)
+
+    async def _flusher(self) -> None:
+        while True:
+            await anyio.sleep(FLUSH_INTERVAL)
+            self._flush()
+
+    async def _poller(self) -> None:
+        # Rows can also come from `sepl-adapter deadletters replay` in another process.
+        while True:
+            await anyio.sleep(POLL_INTERVAL)
+            self._wake.set()

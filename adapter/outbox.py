@@ -1,0 +1,318 @@
+"""The durable outbox: mapped events wait in SQLite (WAL) until the platform answered 200.
+
+A reading is written here before the broker gets its PUBACK, and deleted only after the
+platform acknowledged it, so a crash anywhere costs duplicates, never gaps. Events the
+platform refuses for good go to the dead-letter table, where they can be listed,
+replayed or purged (`sepl-adapter deadletters`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapter.sepl.device import Device
+
+log = logging.getLogger("adapter.outbox")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    device TEXT NOT NULL,          -- JSON: uri, name, type, tags
+    device_uri TEXT NOT NULL,
+    service TEXT NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    rule TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS deadletters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER,                   -- the outbox sequence number it had, if any
+    created REAL NOT NULL,
+    device TEXT NOT NULL,
+    device_uri TEXT NOT NULL,
+    service TEXT NOT NULL,
+    data TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    rule TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failed REAL NOT NULL,
+    reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS retained (
+    topic TEXT PRIMARY KEY,
+    payload BLOB NOT NULL);
+"""
+
+COLUMNS = "seq, created, device, device_uri, service, data, metadata, rule, attempts"
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    created: float
+    device: Device
+    service: str
+    data: str
+    metadata: str
+    rule: str
+    attempts: int
+
+    @property
+    def device_uri(self) -> str:
+        return self.device.uri
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    device: Device
+    service: str
+    data: str
+    metadata: str
+    rule: str = ""
+
+
+def _device_json(device: Device) -> str:
+    return json.dumps(
+        {
+            "uri": device.uri,
+            "name": device.name,
+            "type": device.device_type,
+            "tags": list(device.tags),
+        },
+        ensure_ascii=False,
+    )
+
+
+def _device_from(text: str) -> Device:
+    row = json.loads(text)
+    return Device(row["uri"], row["name"], row["type"], tuple(tuple(t) for t in row["tags"]))
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(row[0], row[1], _device_from(row[2]), row[4], row[5], row[6], row[7], row[8])
+
+
+def _where_ids(ids: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+    if ids is None:
+        return "", ()
+    return f" WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
+
+
+class Outbox:
+    """The SQLite file; every method is one short transaction."""
+
+    def __init__(
+        self, path: Path | str, max_events: int = 1_000_000, max_age: float = 7 * 86400.0
+    ) -> None:
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_events = max_events
+        self.max_age = max_age
+        self.dropped = 0
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL with WAL survives a crash of the process (kill -9); only a power cut may
+        # lose the last transactions, which the broker then delivers again.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+        self._count = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self._retained = self._load_retained()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __len__(self) -> int:
+        return self._count
+
+    # --- writing -------------------------------------------------------------------------
+
+    def add(self, events: Sequence[NewEvent], now: float | None = None) -> None:
+        """Store a batch in one transaction; at the limit the oldest are dropped."""
+        if not events:
+            return
+        created = time.time() if now is None else now
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO outbox (created, device, device_uri, service, data, metadata, rule)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [
+                    (
+                        created,
+                        _device_json(e.device),
+                        e.device.uri,
+                        e.service,
+                        e.data,
+                        e.metadata,
+                        e.rule,
+                    )
+                    for e in events
+                ],
+            )
+        self._count += len(events)
+        if self._count > self.max_events:
+            self._drop_oldest(self._count - self.max_events, "the outbox is full")
+
+    def add_dead_letters(
+        self, items: Sequence[tuple[NewEvent, str]], now: float | None = None
+    ) -> None:
+        """Messages refused before they became events (e.g. `payload: json` but not JSON):
+        kept with the reason, so nothing the device sent is lost."""
+        if not items:
+            return
+        moment = time.time() if now is None else now
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO deadletters (created, device, device_uri, service, data,"
+                " metadata, rule, failed, reason) VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        moment,
+                        _device_json(e.device),
+                        e.device.uri,
+                        e.service,
+                        e.data,
+                        e.metadata,
+                        e.rule,
+                        moment,
+                        reason,
+                    )
+                    for e, reason in items
+                ],
+            )
+
+    def _drop_oldest(self, count: int, why: str) -> None:
+        with self.db:
+            cur = self.db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                (count,),
+            )
+        dropped = cur.rowcount
+        self._count -= dropped
+        self.dropped += dropped
+        log.warning("dropped the %d oldest events: %s", dropped, why)
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop events older than max_age; returns how many."""
+        cutoff = (time.time() if now is None else now) - self.max_age
+        with self.db:
+            cur = self.db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,))
+        if cur.rowcount:
+            self._count -= cur.rowcount
+            self.dropped += cur.rowcount
+            log.warning("dropped %d events older than %.0f s", cur.rowcount, self.max_age)
+        return cur.rowcount
+
+    def delete(self, seqs: Iterable[int]) -> None:
+        seqs = list(seqs)
+        if not seqs:
+            return
+        with self.db:
+            cur = self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        self._count -= cur.rowcount
+
+    def record_attempt(self, seq: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+
+    def dead_letter(self, entry: Entry, reason: str, now: float | None = None) -> None:
+        with self.db:
+            self.db.execute(
+                f"INSERT INTO deadletters ({COLUMNS}, failed, reason) "
+                f"SELECT {COLUMNS}, ?, ? FROM outbox WHERE seq = ?",
+                (time.time() if now is None else now, reason, entry.seq),
+            )
+            cur = self.db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
+        self._count -= cur.rowcount
+
+    # --- reading -------------------------------------------------------------------------
+
+    def after(self, seq: int, limit: int) -> list[Entry]:
+        rows = self.db.execute(
+            f"SELECT {COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def oldest_created(self) -> float | None:
+        row = self.db.execute("SELECT MIN(created) FROM outbox").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    # --- dead letters --------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            f"SELECT id, {COLUMNS}, failed, reason FROM deadletters ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = (
+            "id",
+            "seq",
+            "created",
+            "device",
+            "device_uri",
+            "service",
+            "data",
+            "metadata",
+            "rule",
+            "attempts",
+            "failed",
+            "reason",
+        )
+        return [{k: v for k, v in zip(keys, r, strict=True) if k != "device"} for r in rows]
+
+    def dead_letter_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM deadletters").fetchone()[0])
+
+    def replay(self, ids: Sequence[int] | None = None) -> int:
+        """Dead letters back into the outbox (with new sequence numbers, at the end)."""
+        where, args = _where_ids(ids)
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO outbox (created, device, device_uri, service, data, metadata, rule)"
+                f" SELECT ?, device, device_uri, service, data, metadata, rule"
+                f" FROM deadletters{where} ORDER BY id",
+                (time.time(), *args),  # replayed events count their age from now
+            )
+            self.db.execute(f"DELETE FROM deadletters{where}", args)
+        self._count += cur.rowcount
+        return cur.rowcount
+
+    def purge(self, ids: Sequence[int] | None = None) -> int:
+        where, args = _where_ids(ids)
+        with self.db:
+            cur = self.db.execute(f"DELETE FROM deadletters{where}", args)
+        return cur.rowcount
+
+    # --- retained messages already forwarded (FORWARD_RETAINED=changed) ----------------
+
+    def _load_retained(self) -> dict[str, bytes]:
+        rows = self.db.execute("SELECT topic, payload FROM retained").fetchall()
+        return {str(topic): bytes(digest) for topic, digest in rows}
+
+    def should_forward(self, topic: str, payload: bytes, retained: bool) -> bool:
+        """With FORWARD_RETAINED=changed: a retained message is forwarded only if it differs
+        from the last message forwarded on its topic. Live messages on topics that carry
+        retained ones update that memory, so a resubscribe does not replay old state."""
+        known = self._retained.get(topic)
+        if not retained and known is None:
+            return True
+        digest = hashlib.sha1(payload).digest()
+        if retained and known == digest:
+            return False
+        if known != digest:
+            self._retained[topic] = digest
+            with self.db:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO retained (topic, payload) VALUES (?, ?)",
+                    (topic, digest),
+                )
+        return True
