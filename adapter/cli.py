@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from adapter import config, sandbox, simulate
+    from adapter import config, deadletters, sandbox, simulate
     from adapter.mapping import report
 
     parser = argparse.ArgumentParser(
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.configure_parser(
         sub.add_parser("simulate", help="simulate Tasmota devices on an MQTT broker")
     )
+    deadletters.configure_parser(
+        sub.add_parser("deadletters", help="list, replay or purge refused events")
+    )
     report.configure_check(sub.add_parser("check", help="validate and list the mappings"))
     report.configure_explain(
         sub.add_parser("explain", help="show what the mappings make of one message")
@@ -38,7 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known = {"run", "config", "sandbox", "simulate", "check", "explain", "-h", "--help"}
+    known = {
+        "run",
+        "config",
+        "sandbox",
+        "simulate",
+        "check",
+        "explain",
+        "deadletters",
+        "-h",
+        "--help",
+    }
     if not args_list or args_list[0] not in known:
         args_list.insert(0, "run")
     args = parser.parse_args(args_list)
@@ -54,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from adapter import simulate
 
         return simulate.main(args)
+    if args.command == "deadletters":
+        from adapter import deadletters
+
+        return deadletters.main(args)
     if args.command in ("check", "explain"):
         from adapter.mapping import report
 
