@@ -23,7 +23,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from adapter import config
+from adapter.api import Api
 from adapter.delivery import Sender
+from adapter.history import HistoryStore, Reading
 from adapter.mapping import (
     AvailabilityChange,
     MappingError,
@@ -49,6 +51,10 @@ def setup_logging(level: str) -> None:
     )
     # The websockets debug log prints whole frames, the credentials frame among them (D3).
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    config.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,6 +111,7 @@ class Adapter:
     mqtt: MqttLink
     outbox: Outbox
     sender: Sender
+    history: HistoryStore
     replies: list[ReplyWaiter] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     online: dict[str, bool | None] = field(default_factory=dict)
@@ -162,16 +169,22 @@ class Adapter:
                     break
             events: list[NewEvent] = []
             refused: list[tuple[NewEvent, str]] = []
+            readings: list[Reading] = []
             for message in batch:
-                self._take(message, events, refused)
+                self._take(message, events, refused, readings)
             self.outbox.add(events)
             self.outbox.add_dead_letters(refused)
+            self.history.record(readings)
             self.mqtt.ack(batch)
             if events:
                 self.sender.notify()
 
     def _take(
-        self, message: Message, events: list[NewEvent], refused: list[tuple[NewEvent, str]]
+        self,
+        message: Message,
+        events: list[NewEvent],
+        refused: list[tuple[NewEvent, str]],
+        readings: list[Reading],
     ) -> None:
         self.count("received")
         if self._is_own(message):
@@ -213,11 +226,26 @@ class Adapter:
             self.count("mapped")
             if outcome.missing:
                 self.count("readings_missing")
+            device = outcome.device
+            readings.append(
+                Reading(
+                    device.uri,
+                    outcome.time.timestamp(),
+                    outcome.readings,
+                    outcome.rule.primary,
+                    device.name,
+                    device.device_type,
+                )
+            )
             events.append(
                 NewEvent(
                     outcome.device, outcome.service, outcome.data, outcome.metadata, outcome.rule.id
                 )
             )
+
+    def platform_down_for(self) -> float | None:
+        since = self.connector.down_since
+        return None if since is None else time.monotonic() - since
 
     def _is_own(self, message: Message) -> bool:
         """The adapter's own publications coming back (MQTT 3.1.1 has no No Local)."""
@@ -359,14 +387,21 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     outbox = Outbox(
         state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
     )
+    history = HistoryStore(state_dir / "history.sqlite3", settings.history_retention)
     if len(outbox):
         log.info("resuming with %d events in the outbox", len(outbox))
     try:
         async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
             sender = Sender(outbox, connector, settings.connector_inflight)
-            adapter = Adapter(settings, mappings, connector, mqtt, outbox, sender)
+            adapter = Adapter(settings, mappings, connector, mqtt, outbox, sender, history)
+            api = Api(
+                adapter, settings.adapter_http_token.get() if settings.adapter_http_token else None
+            )
+            sender.on_ack = api.metrics.latency.observe
             tg.start_soon(sender.run)
-            tg.start_soon(_expire, outbox)
+            tg.start_soon(_expire, outbox, history)
+            if settings.adapter_http is not None:
+                tg.start_soon(api.serve, *settings.adapter_http)
             async with anyio.create_task_group() as intake:
                 intake.start_soon(_stop_on_signal, intake)
                 intake.start_soon(mqtt.run)
@@ -385,6 +420,7 @@ async def run(settings: Any, mappings: MappingSet) -> None:
             tg.cancel_scope.cancel()
     finally:
         outbox.close()
+        history.close()
 
 
 FORWARD_BATCH = 256
@@ -392,9 +428,10 @@ OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published i
 SHUTDOWN_GRACE = 5.0
 
 
-async def _expire(outbox: Outbox) -> None:
+async def _expire(outbox: Outbox, history: HistoryStore) -> None:
     while True:
         outbox.expire()
+        history.expire()
         await anyio.sleep(60)
 
 

@@ -1,80 +1,83 @@
-"""Command line: `sepl-adapter [run]`, `config`, `sandbox`, `simulate`, …
-
-Each subcommand lives in the module that holds its logic; this file only wires them up.
-"""
+"""Command line: `sepl-adapter [run]`, `config`, `check`, `explain`, `query`, … Each
+subcommand lives in the module that holds its logic; this file only wires them up."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# name: (help, module, parser set-up function, entry function)
+SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "run": ("run the adapter (the default)", "adapter.app", "configure_parser", "main"),
+    "config": (
+        "print the effective settings and their source",
+        "adapter.config",
+        "add_arguments",
+        "print_effective",
+    ),
+    "check": (
+        "validate and list the mappings",
+        "adapter.mapping.report",
+        "configure_check",
+        "check",
+    ),
+    "explain": (
+        "show what the mappings make of one message",
+        "adapter.mapping.report",
+        "configure_explain",
+        "explain",
+    ),
+    "query": (
+        "the average query over the local history",
+        "adapter.query",
+        "configure_parser",
+        "main",
+    ),
+    "deadletters": (
+        "list, replay or purge refused events",
+        "adapter.deadletters",
+        "configure_parser",
+        "main",
+    ),
+    "sandbox": (
+        "run the local SEPL sandbox platform",
+        "adapter.sandbox",
+        "configure_parser",
+        "main",
+    ),
+    "simulate": (
+        "simulate Tasmota devices on an MQTT broker",
+        "adapter.simulate",
+        "configure_parser",
+        "main",
+    ),
+}
+
+
+def _function(module: str, name: str) -> Callable[..., Any]:
+    function: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return function
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from adapter import config, deadletters, sandbox, simulate
-    from adapter.mapping import report
-
     parser = argparse.ArgumentParser(
         prog="sepl-adapter",
         description="Forward MQTT device readings to the SEPL connector and route commands back.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = sub.add_parser("run", help="run the adapter (the default)")
-    config.add_arguments(run)
-    cfg = sub.add_parser("config", help="print the effective settings and their source")
-    config.add_arguments(cfg)
-    sandbox.configure_parser(sub.add_parser("sandbox", help="run the local SEPL sandbox platform"))
-    simulate.configure_parser(
-        sub.add_parser("simulate", help="simulate Tasmota devices on an MQTT broker")
-    )
-    deadletters.configure_parser(
-        sub.add_parser("deadletters", help="list, replay or purge refused events")
-    )
-    report.configure_check(sub.add_parser("check", help="validate and list the mappings"))
-    report.configure_explain(
-        sub.add_parser("explain", help="show what the mappings make of one message")
-    )
+    for name, (text, module, configure, _) in SUBCOMMANDS.items():
+        _function(module, configure)(sub.add_parser(name, help=text))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    known = {
-        "run",
-        "config",
-        "sandbox",
-        "simulate",
-        "check",
-        "explain",
-        "deadletters",
-        "-h",
-        "--help",
-    }
-    if not args_list or args_list[0] not in known:
+    if not args_list or args_list[0] not in {*SUBCOMMANDS, "-h", "--help"}:
         args_list.insert(0, "run")
-    args = parser.parse_args(args_list)
-    if args.command == "config":
-        from adapter import config
-
-        return config.print_effective(args)
-    if args.command == "sandbox":
-        from adapter import sandbox
-
-        return sandbox.main(args)
-    if args.command == "simulate":
-        from adapter import simulate
-
-        return simulate.main(args)
-    if args.command == "deadletters":
-        from adapter import deadletters
-
-        return deadletters.main(args)
-    if args.command in ("check", "explain"):
-        from adapter.mapping import report
-
-        return report.check(args) if args.command == "check" else report.explain(args)
-    from adapter import app
-
-    return app.main(args)
+    args = build_parser().parse_args(args_list)
+    _, module, _, entry = SUBCOMMANDS[args.command]
+    result: int = _function(module, entry)(args)
+    return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -73,6 +74,7 @@ class Sender:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     stats: DeliveryStats = field(default_factory=DeliveryStats)
+    on_ack: Callable[[float], None] | None = None  # called with the event's age in seconds
 
     def __post_init__(self) -> None:
         self._ready: list[tuple[int, Entry]] = []  # heap by seq: sent in outbox order
@@ -211,7 +213,10 @@ class Sender:
             return
         self._breaker(uri).success()
         self.stats.acknowledged += 1
-        self.stats.latency_sum += max(0.0, time.time() - entry.created)
+        age = max(0.0, time.time() - entry.created)
+        self.stats.latency_sum += age
+        if self.on_ack is not None:
+            self.on_ack(age)
         self._acked.append(entry.seq)
         if len(self._acked) >= FETCH:
             self._flush()

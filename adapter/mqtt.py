@@ -164,7 +164,7 @@ class MqttLink:
         refused = [f for f, rc in zip(filters, reason_codes, strict=False) if rc.is_failure]
         for topic_filter in refused:
             log.error("broker refused the subscription to %s", topic_filter)
-        log.info("subscribed to %d topic filters", len(reason_codes) - len(refused))
+        log.info("broker confirmed %d subscriptions", len(reason_codes) - len(refused))
 
     def _subscribe(self, client: mqtt.Client, add: list[str], remove: set[str]) -> None:
         """Called with the lock held."""

@@ -77,6 +77,7 @@ class TopicPattern:
             raise TopicError("a topic pattern must not be empty")
         levels = text.split("/")
         filter_levels: list[str] = []
+        check_levels: list[str] = []  # placeholders as '+': where raw wildcards may stand
         regex_parts: list[str] = []
         names: list[str] = []
         multi_seen = False
@@ -88,6 +89,7 @@ class TopicPattern:
                 if name in names:
                     raise TopicError(f"placeholder {{{name}}} appears twice in {text!r}")
                 names.append(name)
+                check_levels.append("+")
                 if multi:
                     if multi_seen:
                         raise TopicError(f"only one {{name...}} placeholder allowed: {text!r}")
@@ -102,6 +104,7 @@ class TopicPattern:
                 raise TopicError(
                     f"a placeholder must fill a whole level ({{name}} or {{name...}}): {level!r}"
                 )
+            check_levels.append(level)
             if level in ("+", "#"):
                 filter_levels.append(level)
                 regex_parts.append("[^/]*" if level == "+" else ".*")
@@ -109,6 +112,9 @@ class TopicPattern:
                 literal += 1
                 filter_levels.append(level)
                 regex_parts.append(re.escape(level))
+        # The pattern's own wildcards must stand where MQTT allows them ('foo/#/bar',
+        # '#/x', 'foo#' are invalid), whatever the multi-level placeholders do below.
+        validate_filter("/".join(check_levels))
         # MQTT has '#' only at the end: a multi-level placeholder with levels after it
         # subscribes to everything below the prefix and the regex checks the rest.
         if "#" in filter_levels:
@@ -116,9 +122,10 @@ class TopicPattern:
             filter_levels = [*filter_levels[:cut], "#"]
         mqtt_filter = "/".join(filter_levels)
         validate_filter(mqtt_filter)
-        regex = "/".join(regex_parts)
-        if levels[-1] == "#":  # '#' also matches the parent level
-            regex = regex[: -len("/.*")] + "(?:/.*)?"
+        if levels[-1] == "#" and len(levels) > 1:  # '#' also matches the parent level
+            regex = "/".join(regex_parts[:-1]) + "(?:/.*)?"
+        else:  # a lone '#' matches every topic
+            regex = "/".join(regex_parts)
         wildcards = sum(1 for lv in filter_levels if lv in ("+", "#"))
         return cls(text, mqtt_filter, tuple(names), re.compile(regex), wildcards, literal)
 

@@ -67,7 +67,7 @@ class AdapterProcess:
                 preexec_fn=child_preexec,
             )
         if wait_subscribed:
-            self.wait_for_log("subscribed to", 15)
+            self.wait_for_log("broker confirmed", 15)
         return self
 
     def log_text(self) -> str:

@@ -25,6 +25,7 @@ from adapter.mapping.rules import (
     command_regex,
 )
 from adapter.mapping.yamlsource import MappingError, Node, Reader, parse_yaml, where_of
+from adapter.sepl.device import RESERVED_TAG_KEYS, normalise_tag_text
 from adapter.topic import TopicError, TopicPattern, placeholders, validate_topic_name
 
 DEFAULT_SERVICE = "sepl_get"
@@ -44,7 +45,10 @@ RULE_KEYS = {
     "when",
     "timestamp",
     "availability",
+    "ignore",
 }
+# An ignore rule takes its topics away from every less specific rule and drops them.
+IGNORE_RULE_KEYS = {"id", "topic", "priority", "when", "payload", "ignore"}
 DEVICE_KEYS = {"uri", "name", "tags", "type"}
 COMMAND_KEYS = {"id", "service", "device", "device_type", "publish", "reply"}
 PUBLISH_KEYS = {"topic", "payload", "qos"}
@@ -108,12 +112,14 @@ def compile_text(text: str, filename: str) -> tuple[list[Rule], list[CommandRule
         return [], []
     family = top.text("family", "")
     default_type = top.text("device_type", f"iot#{family or 'generic'}")
+    # Default ids carry the file's name: two files whose rules have no ids must not clash.
+    stem = FilePath(filename).stem
     rules = [
-        _compile_rule(node, top, i, family, default_type)
+        _compile_rule(node, top, i, family, default_type, stem)
         for i, node in enumerate(_list(top, "rules"))
     ]
     commands = [
-        _compile_command(node, top, i, default_type)
+        _compile_command(node, top, i, default_type, stem)
         for i, node in enumerate(_list(top, "commands"))
     ]
     return rules, commands
@@ -126,17 +132,38 @@ def _list(reader: Reader, key: str) -> list[Any]:
     return value
 
 
-def _compile_rule(node: Any, top: Reader, index: int, family: str, default_type: str) -> Rule:
+def _compile_rule(
+    node: Any, top: Reader, index: int, family: str, default_type: str, stem: str
+) -> Rule:
     r = Reader(node, where_of(node, top.at("rules")), f"rule #{index + 1}", RULE_KEYS)
-    rule_id = r.text("id", f"rule-{index + 1}")
+    rule_id = r.text("id", f"{stem}-rule-{index + 1}")
     try:
         pattern = TopicPattern.compile(r.text("topic"))
     except TopicError as exc:
         raise r.fail("topic", f"invalid topic pattern: {exc}") from None
-    device = _compile_device(r, rule_id, pattern, family, r.text("device_type", default_type))
     payload = r.text("payload", "json")
     if payload not in PAYLOAD_KINDS:
         raise r.fail("payload", f"payload must be one of {', '.join(PAYLOAD_KINDS)}")
+    priority = r.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise r.fail("priority", "priority must be an integer")
+    when = compile_conditions(r.node["when"], r.at("when"), "condition") if r.has("when") else ()
+    ignore = r.get("ignore", False)
+    if not isinstance(ignore, bool):
+        raise r.fail("ignore", "'ignore' takes true or false")
+    if ignore:
+        for key in r.node:
+            if key not in IGNORE_RULE_KEYS:
+                raise r.fail(
+                    key,
+                    f"an ignore rule sends nothing and has no {key!r}; it takes "
+                    f"{', '.join(sorted(IGNORE_RULE_KEYS))}",
+                )
+        nothing = DeviceTemplate("", "", "", ())
+        return Rule(
+            rule_id, r.where, pattern, nothing, "", payload, (), None, priority, when, ignore=True
+        )
+    device = _compile_device(r, rule_id, pattern, family, r.text("device_type", default_type))
     readings = _compile_readings(r)
     if readings and payload == "raw":
         raise r.fail("readings", "a raw payload has no readings")
@@ -145,10 +172,6 @@ def _compile_rule(node: Any, top: Reader, index: int, family: str, default_type:
         primary = readings[0].name
     if primary is not None and primary not in {x.name for x in readings}:
         raise r.fail("primary", f"primary {primary!r} is not one of the readings")
-    priority = r.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise r.fail("priority", "priority must be an integer")
-    when = compile_conditions(r.node["when"], r.at("when"), "condition") if r.has("when") else ()
     timestamp = None
     if r.has("timestamp"):
         t = r.sub("timestamp", "timestamp", TIMESTAMP_KEYS)
@@ -211,9 +234,17 @@ def _compile_device(
     tags = d.get("tags", {})
     if not isinstance(tags, dict):
         raise d.fail("tags", "tags must map text to text")
-    return DeviceTemplate(
-        uri, name, d.text("type", device_type), tuple((str(k), str(v)) for k, v in tags.items())
-    )
+    pairs = tuple((str(k), str(v)) for k, v in tags.items())
+    for key, value in pairs:
+        # Checked here, or a typo would fail at run time for every message of the rule.
+        for placeholder in placeholders(key) + placeholders(value):
+            if placeholder not in pattern.names:
+                raise d.fail(
+                    "tags", f"placeholder {{{placeholder}}} is not in topic {pattern.text!r}"
+                )
+        if normalise_tag_text(key) in RESERVED_TAG_KEYS:
+            raise d.fail("tags", f"tag key {key!r} is reserved by the platform")
+    return DeviceTemplate(uri, name, d.text("type", device_type), pairs)
 
 
 def _compile_readings(r: Reader) -> tuple[Reading, ...]:
@@ -238,10 +269,21 @@ def _compile_readings(r: Reader) -> tuple[Reading, ...]:
     return tuple(readings)
 
 
-def _compile_command(node: Any, top: Reader, index: int, default_type: str) -> CommandRule:
+def _compile_command(
+    node: Any, top: Reader, index: int, default_type: str, stem: str
+) -> CommandRule:
     c = Reader(node, where_of(node, top.at("commands")), f"command #{index + 1}", COMMAND_KEYS)
     service = c.text("service")
     device = c.text("device")
+    clashing = sorted(set(placeholders(device)) & CORRELATION_PLACEHOLDERS)
+    if clashing:
+        # The command's own values would silently replace the device's part in the topic.
+        raise c.fail(
+            "device",
+            f"placeholder {{{clashing[0]}}} in device {device!r} is reserved for the "
+            f"command ({', '.join(sorted(CORRELATION_PLACEHOLDERS))}); name it otherwise, "
+            "e.g. {shelly} or {node}",
+        )
     allowed = set(placeholders(device)) | CORRELATION_PLACEHOLDERS
     p = c.sub("publish", f"publish of command {service!r}", PUBLISH_KEYS)
     topic = p.text("topic")
@@ -279,7 +321,7 @@ def _compile_command(node: Any, top: Reader, index: int, default_type: str) -> C
         )
         reply = Reply(reply_topic, timeout, match, reply_payload, data)
     return CommandRule(
-        c.text("id", f"command-{index + 1}"),
+        c.text("id", f"{stem}-command-{index + 1}"),
         c.where,
         service,
         device,

@@ -23,8 +23,14 @@ from adapter.mapping.rules import (
 from adapter.mapping.yamlsource import MappingError
 from adapter.sepl.device import Device
 from adapter.sepl.messages import event_metadata, payload_text
-from adapter.topic import TopicPattern, filter_matches, render_template, template_regex
-
+from adapter.topic import (
+    TopicError,
+    TopicPattern,
+    filter_matches,
+    render_template,
+    template_regex,
+    validate_topic_name,
+)
 
 TOPIC_CACHE_SIZE = 100_000  # distinct topics remembered (cleared when full)
 
@@ -113,7 +119,10 @@ class MappingSet:
 
     @property
     def filters(self) -> list[str]:
-        return sorted({rule.pattern.mqtt_filter for rule in self.rules})
+        """What to subscribe to. Ignore rules only take topics away from other rules, so
+        their own filters are not subscribed (`homeassistant/#` would fetch every retained
+        discovery config just to drop it)."""
+        return sorted({rule.pattern.mqtt_filter for rule in self.rules if not rule.ignore})
 
     # --- messages ------------------------------------------------------------------------
 
@@ -145,15 +154,20 @@ class MappingSet:
         rejected: Rejected | None = None
         decoded: dict[str, Any] = {}
         for rule, values, device in self._matches(topic):
+            if rule.ignore and not rule.when:
+                return None
             try:
                 if rule.payload not in decoded:
                     decoded[rule.payload] = decode_payload(rule.payload, payload)
             except DecodeError as exc:
-                rejected = rejected or Rejected(rule, device, str(exc))
+                if not rule.ignore:  # an ignore rule's conditions just do not hold
+                    rejected = rejected or Rejected(rule, device, str(exc))
                 continue
             document = decoded[rule.payload]
             if not all(condition.holds(document) for condition in rule.when):
                 continue
+            if rule.ignore:
+                return None
             if rule.availability is not None:
                 return AvailabilityChange(rule, device, rule.availability.state(document))
             return self._event(rule, values, device, topic, payload, document, received)
@@ -210,14 +224,17 @@ class MappingSet:
                 "data_json": json.dumps(data),
                 **(correlation or {}),
             }
+            topic = render_template(rule.topic, values)
             reply = None if rule.reply is None else render_template(rule.reply.topic, values)
-            return PublishPlan(
-                rule,
-                values,
-                render_template(rule.topic, values),
-                render_payload(rule.payload, values),
-                reply,
-            )
+            try:
+                # A device uri with '+', '#' or NUL in a placeholder's part would make a
+                # topic the client refuses to publish to (or subscribe by accident).
+                validate_topic_name(topic)
+                if reply is not None:
+                    validate_topic_name(reply)
+            except TopicError:
+                continue
+            return PublishPlan(rule, values, topic, render_payload(rule.payload, values), reply)
         return None
 
     @staticmethod
@@ -274,7 +291,10 @@ class MappingSet:
         result = []
         trie = _FilterTrie()
         for rule in self.rules:
-            for other in trie.intersecting(rule.pattern.mqtt_filter):
+            # The trie can reach one rule twice ('a/#' through its '#' child and again as
+            # everything below 'a'): each pair is reported once.
+            others = {id(other): other for other in trie.intersecting(rule.pattern.mqtt_filter)}
+            for other in others.values():
                 example = _example_topic(other.pattern, rule.pattern)
                 if example is not None:
                     result.append(Overlap(other, rule, example))
@@ -286,8 +306,16 @@ class MappingSet:
         return [
             o
             for o in self.overlaps()
-            if o.first.specificity == o.second.specificity and not _disjoint_when(o)
+            if o.first.specificity == o.second.specificity
+            and not _disjoint_when(o)
+            and not _both_ignore(o)
         ]
+
+
+def _both_ignore(overlap: Overlap) -> bool:
+    """Two unconditional ignore rules have the same outcome whichever takes the topic."""
+    a, b = overlap.first, overlap.second
+    return a.ignore and b.ignore and not a.when and not b.when
 
 
 def _disjoint_when(overlap: Overlap) -> bool:

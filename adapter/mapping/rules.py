@@ -224,6 +224,7 @@ class Rule:
     when: tuple[Condition, ...] = ()
     timestamp: Timestamp | None = None
     availability: Availability | None = None
+    ignore: bool = False  # takes the topic and drops the message: no event, no device
 
     @property
     def specificity(self) -> tuple[int, int, int]:
@@ -232,7 +233,8 @@ class Rule:
 
     @property
     def forwards(self) -> bool:
-        return self.availability is None
+        """Does the rule send events (not availability, not ignore)?"""
+        return self.availability is None and not self.ignore
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from adapter.api import average_response
+from adapter.history import HistoryStore, readings_from_metadata
 from adapter.sandbox.legacy import RegistrationError, open_legacy_session, register
 from adapter.sandbox.platform import (
     CommandRecord,
@@ -45,6 +48,7 @@ class SandboxServer:
     platform: Platform
     ping_period: float = 20.0  # WsPingperiod (§2.10)
     read_timeout: float = 40.0  # WsTimeout (§2.10)
+    history: HistoryStore | None = None  # readings of received events, for /average (D9)
     faults: Faults = field(default_factory=Faults)
     registration_path: str = "discovery"  # legacy device registration (D4)
     _waiters: dict[str, asyncio.Future[CommandRecord]] = field(default_factory=dict)
@@ -54,6 +58,7 @@ class SandboxServer:
     def __post_init__(self) -> None:
         self.platform.on_response.append(self._command_answered)
         self.platform.on_event.append(lambda record: log.info("%s", describe_event(record)))
+        self.platform.on_event.append(self._record_readings)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_FRAME)
@@ -66,6 +71,7 @@ class SandboxServer:
                 web.get("/events", self.get_events),
                 web.get("/gateways", self.get_gateways),
                 web.get("/devices", self.get_devices),
+                web.get(r"/devices/{id:.+}/average", self.get_average),
                 web.post("/devices", self.post_device),
                 web.get("/sessions", self.get_sessions),
                 web.post("/faults", self.post_faults),
@@ -79,6 +85,20 @@ class SandboxServer:
     async def _close_sockets(self, app: web.Application) -> None:
         for ws in list(self._sockets):
             await ws.close(code=1001, message=b"sandbox shutting down")
+
+    def _record_readings(self, record: dict[str, Any]) -> None:
+        if self.history is None:
+            return
+        reading = readings_from_metadata(
+            record["device_uri"], record["parts"].get("metadata", ""), time.time()
+        )
+        if reading is not None:
+            self.history.record([reading])
+
+    async def get_average(self, request: web.Request) -> web.Response:
+        if self.history is None:
+            return _error(404, "this sandbox keeps no history")
+        return average_response(self.history, request)
 
     # --- websocket connector -------------------------------------------------------------
 

@@ -224,6 +224,7 @@ class Connector:
         self._session: _Session | None = None
         self._ready = anyio.Event()
         self._ready_since: float | None = None
+        self.down_since: float | None = time.monotonic()  # None while the link is ready
         self._limiter = anyio.CapacityLimiter(self.config.inflight)
         self._commit_pending = False
         self._commit_lock = anyio.Lock()
@@ -564,6 +565,7 @@ class Connector:
             self._session = None
             session.fail_all()
             if self._ready.is_set():
+                self.down_since = time.monotonic()
                 self._ready = anyio.Event()
                 await _maybe_await(self._on_disconnect, result)
             self._limiter.total_tokens = self.config.inflight
@@ -575,6 +577,7 @@ class Connector:
         except (LinkDown, HandshakeFailed) as exc:
             return f"sync failed: {exc}"
         self._ready_since = time.monotonic()
+        self.down_since = None
         self._ready.set()
         log.info("connector ready at %s (gateway %s, %d devices)", url, gid, len(self.attached))
         await _maybe_await(self._on_connect, gid)

@@ -1,0 +1,268 @@
+"""Readings history and the origin document's average query (decision D9).
+
+One module for both servers: the adapter records what its mappings extract, the sandbox
+platform records `metadata.readings` of the events it receives (D10), and both answer
+`GET /devices/{id}/average` through `HistoryStore.average`, so their answers agree.
+
+Buckets are computed in SQL on integer epoch arithmetic (second … day, Monday-aligned
+weeks) or calendar fields (month, quarter, year), all in UTC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GRANULARITIES = (
+    "all",
+    "second",
+    "minute",
+    "fifteen_minute",
+    "thirty_minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "quarter",
+    "year",
+)
+FIXED_SECONDS = {
+    "second": 1,
+    "minute": 60,
+    "fifteen_minute": 900,
+    "thirty_minute": 1800,
+    "hour": 3600,
+    "day": 86400,
+}
+WEEK = 7 * 86400
+MONDAY = 4 * 86400  # 1970-01-05 was the first Monday after the epoch
+_WINDOW = re.compile(r"^([1-9][0-9]{0,9})([hms])$")
+_UNIT = {"h": 3600, "m": 60, "s": 1}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    device TEXT NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS readings_by_device ON readings(device, name, ts);
+CREATE TABLE IF NOT EXISTS devices (
+    uri TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', type TEXT NOT NULL DEFAULT '',
+    primary_reading TEXT, last_seen REAL, last_readings TEXT NOT NULL DEFAULT '{}');
+"""
+
+
+class QueryError(ValueError):
+    """A bad query parameter: 400 with the parameter and the accepted values."""
+
+    def __init__(self, parameter: str, value: str, accepted: str) -> None:
+        super().__init__(f"invalid {parameter} {value!r}: expected {accepted}")
+        self.parameter = parameter
+        self.value = value
+        self.accepted = accepted
+
+    def as_json(self) -> dict[str, str]:
+        return {"error": str(self), "parameter": self.parameter, "accepted": self.accepted}
+
+
+class UnknownDevice(LookupError):
+    """404: the store has never seen this device."""
+
+
+@dataclass(frozen=True)
+class Query:
+    window: float | None  # seconds back from now; None = since the epoch
+    granularity: str
+    measurement: str | None
+
+
+def parse_query(params: Mapping[str, str]) -> Query:
+    window_text = params.get("time_window")
+    window = None
+    if window_text is not None:
+        match = _WINDOW.match(window_text)
+        if match is None:
+            raise QueryError(
+                "time_window", window_text, "a positive whole number with h, m or s, e.g. 12h"
+            )
+        window = float(int(match.group(1)) * _UNIT[match.group(2)])
+    granularity = params.get("granularity", "all")
+    if granularity not in GRANULARITIES:
+        raise QueryError("granularity", granularity, "one of " + ", ".join(GRANULARITIES))
+    measurement = params.get("measurement")
+    if measurement is not None and not measurement:
+        raise QueryError("measurement", measurement, "the name of a numeric reading")
+    return Query(window, granularity, measurement)
+
+
+def format_stamp(seconds: float) -> str:
+    """`YYYY-MM-DDTHH:MM:SS.mmmZ` (D9), millisecond-exact."""
+    millis = round(seconds * 1000)
+    moment = datetime.fromtimestamp(millis // 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis % 1000:03d}Z"
+
+
+def bucket_sql(granularity: str) -> str:
+    """An SQL expression for the UTC-aligned bucket start (epoch seconds) of `ts`."""
+    if granularity in FIXED_SECONDS:
+        size = FIXED_SECONDS[granularity]
+        return f"(CAST(ts AS INTEGER) / {size} * {size})"
+    if granularity == "week":
+        return f"((CAST(ts AS INTEGER) - {MONDAY}) / {WEEK} * {WEEK} + {MONDAY})"
+    if granularity == "month":
+        return "unixepoch(ts, 'unixepoch', 'start of month')"
+    if granularity == "year":
+        return "unixepoch(ts, 'unixepoch', 'start of year')"
+    if granularity == "quarter":
+        # Start of month, then back (month - 1) % 3 months: Jan, Apr, Jul, Oct.
+        return (
+            "unixepoch(ts, 'unixepoch', 'start of month', "
+            "'-' || ((CAST(strftime('%m', ts, 'unixepoch') AS INTEGER) - 1) % 3) || ' months')"
+        )
+    raise ValueError(granularity)
+
+
+class HistoryStore:
+    def __init__(self, path: Path | str, retention: float = 30 * 86400.0) -> None:
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention = retention
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- writing -------------------------------------------------------------------------
+
+    def record(self, batch: Sequence[Reading]) -> None:
+        """One transaction per batch: the readings, and each device's latest state."""
+        if not batch:
+            return
+        latest: dict[str, Reading] = {}
+        for item in batch:
+            previous = latest.get(item.device)
+            if previous is None or item.ts >= previous.ts:
+                latest[item.device] = item
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO readings (device, name, ts, value) VALUES (?,?,?,?)",
+                [(r.device, n, r.ts, v) for r in batch for n, v in r.values.items()],
+            )
+            self.db.executemany(
+                "INSERT INTO devices (uri, name, type, primary_reading, last_seen, last_readings)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
+                " name = excluded.name, type = excluded.type,"
+                " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
+                " last_seen = excluded.last_seen,"
+                " last_readings = CASE WHEN excluded.last_readings = '{}' THEN last_readings"
+                " ELSE excluded.last_readings END",
+                [
+                    (r.device, r.name, r.device_type, r.primary, r.ts, json.dumps(r.values))
+                    for r in latest.values()
+                ],
+            )
+
+    def expire(self, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - self.retention
+        with self.db:
+            return self.db.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+
+    # --- reading -------------------------------------------------------------------------
+
+    def devices(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT uri, name, type, primary_reading, last_seen, last_readings FROM devices"
+            " ORDER BY uri"
+        ).fetchall()
+        return [_device_row(r) for r in rows]
+
+    def device(self, uri: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT uri, name, type, primary_reading, last_seen, last_readings FROM devices"
+            " WHERE uri = ?",
+            (uri,),
+        ).fetchone()
+        return None if row is None else _device_row(row)
+
+    def average(self, uri: str, query: Query, now: float | None = None) -> list[dict[str, Any]]:
+        device = self.device(uri)
+        if device is None:
+            raise UnknownDevice(uri)
+        name = query.measurement or device["primary"]
+        if name is None:
+            return []
+        now = time.time() if now is None else now
+        start = 0.0 if query.window is None else now - query.window
+        where = "device = ? AND name = ? AND ts >= ? AND ts <= ?"
+        args = (uri, name, start, now)
+        if query.granularity == "all":
+            row = self.db.execute(
+                f"SELECT MIN(ts), AVG(value), COUNT(*) FROM readings WHERE {where}", args
+            ).fetchone()
+            if not row[2]:
+                return []
+            return [_row(row[0], row[1], row[2])]
+        rows = self.db.execute(
+            f"SELECT {bucket_sql(query.granularity)} AS bucket, AVG(value), COUNT(*)"
+            f" FROM readings WHERE {where} GROUP BY bucket ORDER BY bucket",
+            args,
+        ).fetchall()
+        return [_row(b, avg, count) for b, avg, count in rows]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The numeric readings of one message of one device."""
+
+    device: str
+    ts: float
+    values: dict[str, float]
+    primary: str | None = None
+    name: str = ""
+    device_type: str = ""
+
+
+def readings_from_metadata(device: str, metadata: str, fallback_ts: float) -> Reading | None:
+    """The sandbox's view of an event: D10 metadata JSON → a Reading (None if none)."""
+    try:
+        body = json.loads(metadata)
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("readings"), dict):
+        return None
+    values = {
+        str(k): float(v)
+        for k, v in body["readings"].items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    ts = fallback_ts
+    if isinstance(body.get("time"), str):
+        with contextlib.suppress(ValueError):
+            ts = datetime.fromisoformat(body["time"].replace("Z", "+00:00")).timestamp()
+    primary = body.get("primary") if isinstance(body.get("primary"), str) else None
+    return Reading(device, ts, values, primary)
+
+
+def _row(bucket: float, average: float, count: int) -> dict[str, Any]:
+    return {"time_stamp": format_stamp(bucket), "result": float(average), "data_points": count}
+
+
+def _device_row(row: Iterable[Any]) -> dict[str, Any]:
+    uri, name, type_, primary, last_seen, last_readings = row
+    return {
+        "uri": uri,
+        "name": name,
+        "type": type_,
+        "primary": primary,
+        "last_seen": None if last_seen is None else format_stamp(last_seen),
+        "last_readings": json.loads(last_readings),
+    }
