@@ -37,7 +37,7 @@ from adapter.mapping import (
 from adapter.mqtt import Message, MqttLink, PublishRefused, stable_client_id
 from adapter.outbox import NewEvent, Outbox
 from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError
-from adapter.sepl.messages import event_metadata, format_time, payload_text
+from adapter.sepl.messages import event_metadata, format_time, payload_text, to_millis
 from adapter.topic import TopicPattern
 
 log = logging.getLogger("adapter")
@@ -228,9 +228,11 @@ class Adapter:
                 self.count("readings_missing")
             device = outcome.device
             readings.append(
+                # The event's time has millisecond precision (D10); the history keeps the
+                # same instant, so the adapter's and the sandbox's averages agree exactly.
                 Reading(
                     device.uri,
-                    outcome.time.timestamp(),
+                    to_millis(outcome.time).timestamp(),
                     outcome.readings,
                     outcome.rule.primary,
                     device.name,

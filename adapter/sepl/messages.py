@@ -21,6 +21,11 @@ def format_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def to_millis(moment: datetime) -> datetime:
+    """The instant `format_time` writes: microseconds cut to milliseconds."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def payload_text(payload: bytes) -> tuple[str, str | None]:
     """The device payload as event text: UTF-8 as is, otherwise base64 (D10)."""
     try:
