@@ -64,6 +64,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.loglevel)
+    if settings.mqtt_tls and settings.mqtt_tls_insecure:
+        log.warning("MQTT_TLS_INSECURE is set: the broker's certificate is not checked")
+    if settings.connector_tls_insecure:
+        log.warning("CONNECTOR_TLS_INSECURE is set: the platform's certificate is not checked")
     try:
         mappings = load_directory(settings.mappings_dir, settings.device_prefix)
     except MappingError as exc:
