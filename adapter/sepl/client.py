@@ -403,8 +403,10 @@ class Connector:
     async def _ready_session(self) -> _Session:
         while True:
             await self.wait_ready()
-            if self._session is not None:
-                return self._session
+            session = self._session
+            if session is not None and not session.closed.is_set():
+                return session
+            await anyio.sleep(0.01)  # the dead session is being torn down
 
     async def _limited_request(
         self, session: _Session, handler: str, payload: Any, **kw: Any
@@ -435,7 +437,10 @@ class Connector:
                 self._schedule_commit()
                 return
             reason = f"put answered {answer.status}: {answer.payload}"
-            if answer.status == 400:
+            if answer.status in (400, 500):
+                # 400: a duplicate URI on the platform; 500: e.g. a device type the platform
+                # does not know. Either way this device, not the session, is the problem:
+                # hold it back until the next sync instead of spending the error budget (D8).
                 self.quarantined[device.uri] = reason
                 log.warning("device %s quarantined: %s", device.uri, reason)
                 raise DeviceQuarantined(reason)
