@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def parse_query(params: Mapping[str, str]) -> Query:
     window_text = params.get("time_window")
     window = None
     if window_text is not None:
-        match = _WINDOW.match(window_text)
+        match = _WINDOW.fullmatch(window_text)  # `$` alone would accept "12h\n"
         if match is None:
             raise QueryError(
                 "time_window", window_text, "a positive whole number with h, m or s, e.g. 12h"
@@ -113,16 +114,22 @@ def bucket_sql(granularity: str) -> str:
         size = FIXED_SECONDS[granularity]
         return f"(CAST(ts AS INTEGER) / {size} * {size})"
     if granularity == "week":
-        return f"((CAST(ts AS INTEGER) - {MONDAY}) / {WEEK} * {WEEK} + {MONDAY})"
+        # Offset from the Monday before the epoch (1969-12-29), so that SQLite's division
+        # (truncating toward zero) also floors 1970-01-01 … 04 into that week.
+        before = WEEK - MONDAY
+        return f"((CAST(ts AS INTEGER) + {before}) / {WEEK} * {WEEK} - {before})"
+    # Whole seconds, as above: SQLite's date functions round a REAL to the millisecond,
+    # which would put 23:59:59.9996 into the next month while its day stays the same.
     if granularity == "month":
-        return "unixepoch(ts, 'unixepoch', 'start of month')"
+        return "unixepoch(CAST(ts AS INTEGER), 'unixepoch', 'start of month')"
     if granularity == "year":
-        return "unixepoch(ts, 'unixepoch', 'start of year')"
+        return "unixepoch(CAST(ts AS INTEGER), 'unixepoch', 'start of year')"
     if granularity == "quarter":
         # Start of month, then back (month - 1) % 3 months: Jan, Apr, Jul, Oct.
         return (
-            "unixepoch(ts, 'unixepoch', 'start of month', "
-            "'-' || ((CAST(strftime('%m', ts, 'unixepoch') AS INTEGER) - 1) % 3) || ' months')"
+            "unixepoch(CAST(ts AS INTEGER), 'unixepoch', 'start of month', '-' || "
+            "((CAST(strftime('%m', CAST(ts AS INTEGER), 'unixepoch') AS INTEGER) - 1) % 3)"
+            " || ' months')"
         )
     raise ValueError(granularity)
 
@@ -148,10 +155,15 @@ class HistoryStore:
         if not batch:
             return
         latest: dict[str, Reading] = {}
-        for item in batch:
+        for item in sorted(batch, key=lambda r: r.ts):  # stable: ties keep batch order
             previous = latest.get(item.device)
-            if previous is None or item.ts >= previous.ts:
-                latest[item.device] = item
+            if previous is not None:  # a newest message without readings keeps the batch's
+                item = replace(
+                    item,
+                    values=item.values or previous.values,
+                    primary=item.primary or previous.primary,
+                )
+            latest[item.device] = item
         with self.db:
             self.db.executemany(
                 "INSERT INTO readings (device, name, ts, value) VALUES (?,?,?,?)",
@@ -162,8 +174,10 @@ class HistoryStore:
                 " VALUES (?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
                 " name = excluded.name, type = excluded.type,"
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
-                " last_seen = excluded.last_seen,"
-                " last_readings = CASE WHEN excluded.last_readings = '{}' THEN last_readings"
+                # An older message arriving later keeps the newest state.
+                " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen)),"
+                " last_readings = CASE WHEN excluded.last_readings = '{}'"
+                " OR excluded.last_seen < last_seen THEN last_readings"
                 " ELSE excluded.last_readings END",
                 [
                     (r.device, r.name, r.device_type, r.primary, r.ts, json.dumps(r.values))
@@ -240,9 +254,7 @@ def readings_from_metadata(device: str, metadata: str, fallback_ts: float) -> Re
     if not isinstance(body, dict) or not isinstance(body.get("readings"), dict):
         return None
     values = {
-        str(k): float(v)
-        for k, v in body["readings"].items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
+        str(k): number for k, v in body["readings"].items() if (number := _finite(v)) is not None
     }
     ts = fallback_ts
     if isinstance(body.get("time"), str):
@@ -250,6 +262,17 @@ def readings_from_metadata(device: str, metadata: str, fallback_ts: float) -> Re
             ts = datetime.fromisoformat(body["time"].replace("Z", "+00:00")).timestamp()
     primary = body.get("primary") if isinstance(body.get("primary"), str) else None
     return Reading(device, ts, values, primary)
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number as a float; None for booleans, NaN, ±Infinity and huge integers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _row(bucket: float, average: float, count: int) -> dict[str, Any]:
