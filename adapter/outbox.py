@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.sepl.device import Device
+from adapter.sqlitedb import open_db, transaction
 
 log = logging.getLogger("adapter.outbox")
 
@@ -112,18 +112,11 @@ class Outbox:
     def __init__(
         self, path: Path | str, max_events: int = 1_000_000, max_age: float = 7 * 86400.0
     ) -> None:
-        if isinstance(path, Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_events = max_events
         self.max_age = max_age
         self.dropped = 0
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL with WAL survives a crash of the process (kill -9); only a power cut may
-        # lose the last transactions, which the broker then delivers again.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db = open_db(path)
         self.db.executescript(SCHEMA)
         self._count = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._retained = self._load_retained()
@@ -141,7 +134,7 @@ class Outbox:
         if not events:
             return
         created = time.time() if now is None else now
-        with self.db:
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT INTO outbox (created, device, device_uri, service, data, metadata, rule)"
                 " VALUES (?,?,?,?,?,?,?)",
@@ -170,7 +163,7 @@ class Outbox:
         if not items:
             return
         moment = time.time() if now is None else now
-        with self.db:
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT INTO deadletters (created, device, device_uri, service, data,"
                 " metadata, rule, failed, reason) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -191,7 +184,7 @@ class Outbox:
             )
 
     def _drop_oldest(self, count: int, why: str) -> None:
-        with self.db:
+        with transaction(self.db):
             cur = self.db.execute(
                 "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
                 (count,),
@@ -204,7 +197,7 @@ class Outbox:
     def expire(self, now: float | None = None) -> int:
         """Drop events older than max_age; returns how many."""
         cutoff = (time.time() if now is None else now) - self.max_age
-        with self.db:
+        with transaction(self.db):
             cur = self.db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,))
         if cur.rowcount:
             self._count -= cur.rowcount
@@ -216,16 +209,16 @@ class Outbox:
         seqs = list(seqs)
         if not seqs:
             return
-        with self.db:
+        with transaction(self.db):
             cur = self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
         self._count -= cur.rowcount
 
     def record_attempt(self, seq: int) -> None:
-        with self.db:
+        with transaction(self.db):
             self.db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (seq,))
 
     def dead_letter(self, entry: Entry, reason: str, now: float | None = None) -> None:
-        with self.db:
+        with transaction(self.db):
             self.db.execute(
                 f"INSERT INTO deadletters ({COLUMNS}, failed, reason) "
                 f"SELECT {COLUMNS}, ?, ? FROM outbox WHERE seq = ?",
@@ -275,7 +268,7 @@ class Outbox:
     def replay(self, ids: Sequence[int] | None = None) -> int:
         """Dead letters back into the outbox (with new sequence numbers, at the end)."""
         where, args = _where_ids(ids)
-        with self.db:
+        with transaction(self.db):
             cur = self.db.execute(
                 "INSERT INTO outbox (created, device, device_uri, service, data, metadata, rule)"
                 f" SELECT ?, device, device_uri, service, data, metadata, rule"
@@ -288,7 +281,7 @@ class Outbox:
 
     def purge(self, ids: Sequence[int] | None = None) -> int:
         where, args = _where_ids(ids)
-        with self.db:
+        with transaction(self.db):
             cur = self.db.execute(f"DELETE FROM deadletters{where}", args)
         return cur.rowcount
 
@@ -310,7 +303,7 @@ class Outbox:
             return False
         if known != digest:
             self._retained[topic] = digest
-            with self.db:
+            with transaction(self.db):
                 self.db.execute(
                     "INSERT OR REPLACE INTO retained (topic, payload) VALUES (?, ?)",
                     (topic, digest),

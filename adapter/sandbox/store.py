@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from adapter.sqlitedb import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
@@ -47,11 +48,7 @@ class PlatformDevice:
 
 class SandboxStore:
     def __init__(self, path: Path | str) -> None:
-        if isinstance(path, Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = open_db(path)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:

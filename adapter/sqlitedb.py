@@ -1,0 +1,36 @@
+"""SQLite files of the adapter and the sandbox: WAL, and explicit transactions.
+
+With `isolation_level=None` Python's sqlite3 runs in autocommit mode, where `with db:`
+does not open a transaction: every statement of an `executemany` would commit on its own
+(about 35,000 rows/s here instead of several hundred thousand). `transaction` opens one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def open_db(path: Path | str) -> sqlite3.Connection:
+    if isinstance(path, Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL with WAL survives a crash of the process (kill -9); only a power cut may lose
+    # the last transactions.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
