@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
+from adapter.devstack import SandboxProcess
 from adapter.sepl import Connector, ConnectorConfig, Device
 from adapter.sepl.state import GatewayState
-from adapter.devstack import SandboxProcess
 from tests.test_e2e import POW_SENSOR
 
 

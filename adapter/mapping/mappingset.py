@@ -349,8 +349,13 @@ def _example_topic(a: TopicPattern, b: TopicPattern) -> str | None:
                 )
             )
         )
-    for topic in candidates:
-        topic = topic.replace("{", "x").replace("}", "x")
+    for candidate in candidates:
+        # Placeholders and wildcards taken from the other pattern stand for one level "x"
+        # (not "xtx" for "{t}", nor a '+' that no real topic can hold).
+        topic = "/".join(
+            "x" if lv in ("+", "#") or (lv.startswith("{") and lv.endswith("}")) else lv
+            for lv in candidate.split("/")
+        )
         if a.match(topic) is not None and b.match(topic) is not None:
             return topic
     return None
