@@ -332,7 +332,7 @@ class Adapter:
             try:
                 self._remember_published(plan.topic, plan.payload)
                 await self.mqtt.publish(plan.topic, plan.payload, plan.rule.qos)
-            except (ConnectionError, PublishRefused) as exc:
+            except (ConnectionError, PublishRefused, ValueError) as exc:
                 log.warning("command for %s not published: %s", command.device_uri, exc)
                 return json.dumps({"error": str(exc)}), json.dumps({"time": now})
             log.info(

@@ -72,7 +72,7 @@ def placeholder_warnings(mappings: MappingSet) -> list[str]:
     seen: set[str] = set()
     for rule in mappings.rules:
         device_type = rule.device.device_type
-        if device_type not in seen and not _REAL_TYPE.search(device_type):
+        if rule.forwards and device_type not in seen and not _REAL_TYPE.search(device_type):
             seen.add(device_type)
             warnings.append(
                 f"{rule.where}: device type {device_type!r} is a placeholder: the sandbox "
@@ -114,7 +114,16 @@ def check(args: argparse.Namespace) -> int:
         for device in sorted(known.values(), key=lambda d: d.uri):
             print(f"  {device.uri}: {device.name} ({device.device_type})")
     warnings = placeholder_warnings(mappings)
-    warnings += [f"{o.second.where}: warning: {o.describe()}" for o in mappings.overlaps()]
+    overlaps = mappings.overlaps()
+    if overlaps:
+        print(
+            f"\n{len(overlaps)} overlapping rule pairs, settled by precedence "
+            "(priority, then fewer wildcards, then more literal levels):"
+        )
+        for overlap in overlaps:
+            first, second = overlap.first, overlap.second
+            winner = first if first.specificity >= second.specificity else second
+            print(f"  warning: {overlap.describe()}; {winner.id!r} wins where both apply")
     if warnings:
         print(f"\n{len(warnings)} warnings:")
         for warning in warnings:
@@ -130,6 +139,10 @@ def explain(args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     outcome = mappings.map(args.topic, payload, datetime.now(UTC))
     candidates = mappings.candidates(args.topic)
+    if outcome is None and candidates and candidates[0][0].ignore:
+        rule = candidates[0][0]
+        print(f"rule {rule.id} ({rule.where}) ignores {args.topic!r} on purpose: no event")
+        return 0
     if isinstance(outcome, Mapped):
         rule = outcome.rule
         print(f"rule {rule.id} ({rule.where}) matched {rule.pattern.text}")
