@@ -9,6 +9,7 @@ setting, the value and what is accepted, never a secret.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -111,6 +112,7 @@ class Settings:
     mqtt_password_file: Path | None = None
     connector_password_file: Path | None = None
     adapter_http_token_file: Path | None = None
+    adapter_http_allow_unauthenticated: bool = False
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -370,6 +372,13 @@ _SPECS: tuple[_Spec, ...] = (
         flag=False,
     ),
     _Spec("ADAPTER_HTTP_TOKEN_FILE", _path, None, "file holding the API token", "FILE"),
+    _Spec(
+        "ADAPTER_HTTP_ALLOW_UNAUTHENTICATED",
+        _boolean,
+        "false",
+        "serve the API on a non-loopback address without a token",
+        "BOOL",
+    ),
     _Spec("OUTBOX_MAX_EVENTS", _integer(1, None), "1000000", "outbox size limit", "N"),
     _Spec("OUTBOX_MAX_AGE", _positive_duration, "7d", "outbox age limit", "DURATION"),
     _Spec("HISTORY_RETENTION", _positive_duration, "30d", "readings kept", "DURATION"),
@@ -562,7 +571,33 @@ def load(
         given = given or _Raw(spec.default or "", DEFAULT, spec.env)
         raise _error(spec, given, ValueError(f"expected {_DURATION_HINT}, {bound}"))
 
+    http = values["adapter_http"]
+    if (
+        http is not None
+        and not _is_loopback(http[0])
+        and not values["adapter_http_token"]
+        and not values["adapter_http_allow_unauthenticated"]
+    ):
+        spec = _BY_ENV["ADAPTER_HTTP"]
+        raise _error(
+            spec,
+            raw.get("ADAPTER_HTTP") or _Raw(spec.default or "", DEFAULT, spec.env),
+            ValueError(
+                "expected a loopback address (127.0.0.1, ::1) unless ADAPTER_HTTP_TOKEN is "
+                "set (or ADAPTER_HTTP_ALLOW_UNAUTHENTICATED=true)"
+            ),
+        )
+
     return Settings(**values, sources=MappingProxyType(sources))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- command line

@@ -55,6 +55,7 @@ CONFIGURATION_NAMES = [
     "ADAPTER_HTTP",
     "ADAPTER_HTTP_TOKEN",
     "ADAPTER_HTTP_TOKEN_FILE",
+    "ADAPTER_HTTP_ALLOW_UNAUTHENTICATED",  # ours: issue [7] asks for the explicit opt-in
     "OUTBOX_MAX_EVENTS",
     "OUTBOX_MAX_AGE",
     "HISTORY_RETENTION",
@@ -215,13 +216,13 @@ LAYERED: list[tuple[str, str, str, list[str], str, dict[str, Any]]] = [
     (
         "ADAPTER_HTTP",
         "adapter: {http: off}",
-        "0.0.0.0:9000",
+        "127.0.0.2:9000",
         ["--adapter-http", "off"],
         "adapter_http",
         {
             "default": ("127.0.0.1", 8081),
             "file": None,
-            "environment": ("0.0.0.0", 9000),
+            "environment": ("127.0.0.2", 9000),
             "flag": None,
         },
     ),
@@ -415,7 +416,8 @@ def test_reconnect_max_equal_to_min_is_fine() -> None:
         ("CONNECTOR_HTTPS", "off", "connector_https", False),
         ("MQTT_TLS_INSECURE", "yes", "mqtt_tls_insecure", True),
         ("CONNECTOR_TLS_INSECURE", "1", "connector_tls_insecure", True),
-        ("ADAPTER_HTTP", "0.0.0.0:9000", "adapter_http", ("0.0.0.0", 9000)),
+        ("ADAPTER_HTTP", "127.0.0.2:9000", "adapter_http", ("127.0.0.2", 9000)),
+        ("ADAPTER_HTTP", "[::1]:9000", "adapter_http", ("::1", 9000)),
         ("ADAPTER_HTTP", "[::1]:8081", "adapter_http", ("::1", 8081)),
         ("ADAPTER_HTTP", "localhost:0", "adapter_http", ("localhost", 0)),
         ("ADAPTER_HTTP", "OFF", "adapter_http", None),
@@ -785,3 +787,22 @@ def test_cli_config_command_reports_one_line() -> None:
     lines = result.stderr.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: MQTT_PORT='abc'")
+
+
+@pytest.mark.parametrize(
+    ("env", "ok"),
+    [
+        ({"ADAPTER_HTTP": "0.0.0.0:8081"}, False),
+        ({"ADAPTER_HTTP": "192.168.1.5:8081"}, False),
+        ({"ADAPTER_HTTP": "0.0.0.0:8081", "ADAPTER_HTTP_TOKEN": "t"}, True),
+        ({"ADAPTER_HTTP": "0.0.0.0:8081", "ADAPTER_HTTP_ALLOW_UNAUTHENTICATED": "true"}, True),
+        ({"ADAPTER_HTTP": "localhost:8081"}, True),
+        ({"ADAPTER_HTTP": "off"}, True),
+    ],
+)
+def test_api_off_loopback_needs_a_token(env: dict[str, str], ok: bool) -> None:
+    if ok:
+        config.load(None, {"HOME": "/tmp", **env})
+        return
+    with pytest.raises(config.SettingsError, match="ADAPTER_HTTP=.*loopback.*ADAPTER_HTTP_TOKEN"):
+        config.load(None, {"HOME": "/tmp", **env})
