@@ -804,5 +804,5 @@ def test_api_off_loopback_needs_a_token(env: dict[str, str], ok: bool) -> None:
     if ok:
         config.load(None, {"HOME": "/tmp", **env})
         return
-    with pytest.raises(config.SettingsError, match="ADAPTER_HTTP=.*loopback.*ADAPTER_HTTP_TOKEN"):
+    with pytest.raises(config.SettingsError, match=r"ADAPTER_HTTP=.*loopback.*ADAPTER_HTTP_TOKEN"):
         config.load(None, {"HOME": "/tmp", **env})
