@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from adapter.history import QueryError, UnknownDevice, parse_query
+from adapter.mapping.report import explain_result
 
 if TYPE_CHECKING:
     from adapter.app import Adapter
@@ -103,6 +104,8 @@ class Api:
                 web.get(r"/devices/{id:.+}", self.device),
                 web.get("/healthz", self.healthz),
                 web.get("/metrics", self.prometheus),
+                web.get("/api/overview", self.overview),
+                web.post("/api/explain", self.explain),
             ]
         )
         return app
@@ -188,6 +191,47 @@ class Api:
         }
         healthy = down_for is None or down_for < PLATFORM_DOWN_LIMIT
         return web.json_response(body, status=200 if healthy else 503)
+
+    async def overview(self, request: web.Request) -> web.Response:
+        """Everything the status page's overview shows, in one answer."""
+        a = self.adapter
+        down_for = a.platform_down_for()
+        return web.json_response(
+            {
+                "mqtt": {"up": a.mqtt.connected.is_set(), "client_id": a.mqtt.client_id},
+                "platform": {
+                    "up": a.connector.ready,
+                    "down_for_s": None if down_for is None else round(down_for, 1),
+                    "up_for_s": a.platform_up_for(),
+                    "gateway": a.connector.gid or None,
+                    "last_error": a.connector.last_error or None,
+                },
+                "outbox_depth": len(a.outbox),
+                "oldest_waiting_s": a.oldest_waiting(),
+                "dead_letters": a.outbox.dead_letter_count(),
+                "quarantined": a.connector.quarantined,
+                "devices": len(a.connector.devices),
+                "counts": a.counts,
+                "unmapped_topics": [
+                    {"topic": topic, "count": count}
+                    for topic, count in a.unmapped_topics.most_common(10)
+                ],
+            }
+        )
+
+    async def explain(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            topic, payload = body["topic"], body.get("payload", "")
+            if not isinstance(topic, str) or not topic or not isinstance(payload, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'body must be JSON {"topic": text, "payload": text}'}, status=400
+            )
+        return web.json_response(
+            explain_result(self.adapter.mappings, topic, payload.encode("utf-8"))
+        )
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -14,6 +14,7 @@ import secrets
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +121,7 @@ class Adapter:
     counts: dict[str, int] = field(default_factory=dict)
     online: dict[str, bool | None] = field(default_factory=dict)
     problems: RateLimitedLog = field(default_factory=RateLimitedLog)
+    unmapped_topics: Counter[str] = field(default_factory=Counter)
     _next_id: int = 0
     _published: dict[tuple[str, bytes], float] = field(default_factory=dict)
 
@@ -201,6 +203,7 @@ class Adapter:
         outcome = self.mappings.map(message.topic, message.payload, message.received)
         if outcome is None:
             self.count("unmapped")
+            self._note_unmapped(message.topic)
         elif isinstance(outcome, Rejected):
             self.count("rejected")
             self.problems.warning(
@@ -248,6 +251,23 @@ class Adapter:
                     outcome.device, outcome.service, outcome.data, outcome.metadata, outcome.rule.id
                 )
             )
+
+    def _note_unmapped(self, topic: str) -> None:
+        self.unmapped_topics[topic] += 1
+        if len(self.unmapped_topics) > UNMAPPED_TOPICS_KEPT * 5:
+            # Bounded memory: keep the most frequent ones (a chatty broker has many topics).
+            self.unmapped_topics = Counter(
+                dict(self.unmapped_topics.most_common(UNMAPPED_TOPICS_KEPT))
+            )
+
+    def platform_up_for(self) -> float | None:
+        since = self.connector.ready_since
+        return None if since is None else round(time.monotonic() - since, 1)
+
+    def oldest_waiting(self) -> float | None:
+        """Seconds the oldest event has waited in the outbox: how far behind we are."""
+        oldest = self.outbox.oldest_created()
+        return None if oldest is None else round(max(0.0, time.time() - oldest), 1)
 
     def platform_down_for(self) -> float | None:
         since = self.connector.down_since
@@ -430,6 +450,7 @@ async def run(settings: Any, mappings: MappingSet) -> None:
 
 
 FORWARD_BATCH = 256
+UNMAPPED_TOPICS_KEPT = 1000
 OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
 SHUTDOWN_GRACE = 5.0
 

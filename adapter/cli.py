@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -79,5 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "run")
     args = build_parser().parse_args(args_list)
     _, module, _, entry = SUBCOMMANDS[args.command]
-    result: int = _function(module, entry)(args)
+    try:
+        result: int = _function(module, entry)(args)
+    except BrokenPipeError:
+        # `sepl-adapter check | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return result

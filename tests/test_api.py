@@ -115,6 +115,44 @@ def test_readings_reach_devices_average_and_metrics(
     assert code == 200 and health["platform"] == "up" and health["mqtt"] == "up"
 
 
+def test_overview_and_explain(
+    broker: Broker, sandbox: SandboxProcess, api_adapter: tuple[AdapterProcess, str]
+) -> None:
+    _, api = api_adapter
+    for _ in range(3):
+        publish(broker.port, "stat/plug3/RESULT", '{"Time": "2024-05-01T12:00:00"}')
+    publish(broker.port, "tele/plug2/SENSOR", sensor(5.0))
+    wait_until(lambda: events_of(sandbox, "tasmota:plug2"), 15, "the event")
+
+    def unmapped() -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = http_json(f"{api}/api/overview")["unmapped_topics"]
+        return result
+
+    assert wait_until(
+        lambda: unmapped() == [{"topic": "stat/plug3/RESULT", "count": 3}],
+        10,
+        "the unmapped topic to be counted",
+    )
+    overview = http_json(f"{api}/api/overview")
+    assert overview["platform"]["up"] is True and overview["mqtt"]["up"] is True
+    assert overview["outbox_depth"] == 0
+
+    result = http_json(f"{api}/api/explain", {"topic": "tele/x/SENSOR", "payload": sensor(7.0)})
+    assert result["outcome"] == "event" and result["device"]["uri"] == "tasmota:x"
+    assert result["readings"]["power"] == 7.0
+    code, body = status_of_post(f"{api}/api/explain", b"not json")
+    assert code == 400 and "topic" in body["error"]
+
+
+def status_of_post(url: str, data: bytes) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=data, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def test_healthz_reports_the_platform_down(
     broker: Broker, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:

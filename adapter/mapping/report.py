@@ -9,6 +9,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from adapter.mapping import (
     AvailabilityChange,
@@ -132,45 +133,86 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def explain_result(mappings: MappingSet, topic: str, payload: bytes) -> dict[str, Any]:
+    """What the mappings make of one message, as data (the CLI prints it, the API sends it)."""
+    outcome = mappings.map(topic, payload, datetime.now(UTC))
+    candidates = mappings.candidates(topic)
+    if outcome is None and candidates and candidates[0][0].ignore:
+        rule = candidates[0][0]
+        return {"outcome": "ignored", "rule": rule.id, "where": rule.where}
+    if isinstance(outcome, Mapped):
+        rule = outcome.rule
+        return {
+            "outcome": "event",
+            "rule": rule.id,
+            "where": rule.where,
+            "pattern": rule.pattern.text,
+            "placeholders": outcome.values,
+            "device": {
+                "uri": outcome.device.uri,
+                "name": outcome.device.name,
+                "type": outcome.device.device_type,
+                "tags": dict(outcome.device.tags),
+            },
+            "service": outcome.service,
+            "readings": outcome.readings,
+            "missing": list(outcome.missing),
+            "primary": rule.primary if rule.primary in outcome.readings else None,
+            "parts": {"data": outcome.data, "metadata": outcome.metadata},
+        }
+    if isinstance(outcome, AvailabilityChange):
+        return {
+            "outcome": "availability",
+            "rule": outcome.rule.id,
+            "where": outcome.rule.where,
+            "device": {"uri": outcome.device.uri, "name": outcome.device.name},
+            "online": outcome.online,
+        }
+    if isinstance(outcome, Rejected):
+        return {
+            "outcome": "rejected",
+            "rule": outcome.rule.id,
+            "where": outcome.rule.where,
+            "reason": outcome.reason,
+        }
+    return {"outcome": "unmapped", "why": _why_not(mappings, topic, payload, candidates)}
+
+
 def explain(args: argparse.Namespace) -> int:
     mappings = _load(args)
     if mappings is None:
         return 1
-    payload = _payload(args.payload)
-    outcome = mappings.map(args.topic, payload, datetime.now(UTC))
-    candidates = mappings.candidates(args.topic)
-    if outcome is None and candidates and candidates[0][0].ignore:
-        rule = candidates[0][0]
-        print(f"rule {rule.id} ({rule.where}) ignores {args.topic!r} on purpose: no event")
-        return 0
-    if isinstance(outcome, Mapped):
-        rule = outcome.rule
-        print(f"rule {rule.id} ({rule.where}) matched {rule.pattern.text}")
-        print(f"  placeholders: {json.dumps(outcome.values)}")
-        _print_device(outcome.device)
-        print(f"  service: {outcome.service}")
+    result = explain_result(mappings, args.topic, _payload(args.payload))
+    kind = result["outcome"]
+    rule = f"rule {result.get('rule')} ({result.get('where')})"
+    if kind == "ignored":
+        print(f"{rule} ignores {args.topic!r} on purpose: no event")
+    elif kind == "event":
+        device = result["device"]
+        print(f"{rule} matched {result['pattern']}")
+        print(f"  placeholders: {json.dumps(result['placeholders'])}")
         print(
-            f"  readings: {json.dumps(outcome.readings)}"
-            + (f" (missing: {', '.join(outcome.missing)})" if outcome.missing else "")
+            f"  device: {device['uri']} name {device['name']!r} type {device['type']}"
+            f" tags {device['tags']}"
         )
-        print(f"  primary: {rule.primary if rule.primary in outcome.readings else None}")
-        print(f"  event part data: {outcome.data[:400]}")
-        print(f"  event part metadata: {outcome.metadata}")
-    elif isinstance(outcome, AvailabilityChange):
-        state = {True: "online", False: "offline", None: "unknown payload"}[outcome.online]
+        print(f"  service: {result['service']}")
+        missing = result["missing"]
         print(
-            f"rule {outcome.rule.id} ({outcome.rule.where}): availability of "
-            f"{outcome.device.uri}: {state} (no event is sent)"
+            f"  readings: {json.dumps(result['readings'])}"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
         )
-    elif isinstance(outcome, Rejected):
-        print(
-            f"rule {outcome.rule.id} ({outcome.rule.where}) takes the topic but rejects "
-            f"the payload: {outcome.reason}"
-        )
+        print(f"  primary: {result['primary']}")
+        print(f"  event part data: {result['parts']['data'][:400]}")
+        print(f"  event part metadata: {result['parts']['metadata']}")
+    elif kind == "availability":
+        state = {True: "online", False: "offline", None: "unknown payload"}[result["online"]]
+        print(f"{rule}: availability of {result['device']['uri']}: {state} (no event is sent)")
+    elif kind == "rejected":
+        print(f"{rule} takes the topic but rejects the payload: {result['reason']}")
         return 1
     else:
         print(f"no rule takes {args.topic!r}")
-        for line in _why_not(mappings, args.topic, payload, candidates):
+        for line in result["why"]:
             print(f"  {line}")
         return 1
     return 0
@@ -180,16 +222,6 @@ def _payload(text: str) -> bytes:
     if text.startswith("@"):
         return Path(text[1:]).read_bytes()
     return text.encode("utf-8")
-
-
-def _print_device(device: object) -> None:
-    from adapter.sepl.device import Device
-
-    assert isinstance(device, Device)
-    print(
-        f"  device: {device.uri} name {device.name!r} type {device.device_type}"
-        f" tags {dict(device.tags)}"
-    )
 
 
 def _why_not(

@@ -270,6 +270,11 @@ class Connector:
         return result
 
     @property
+    def ready_since(self) -> float | None:
+        """monotonic() when the current session became ready, None while not ready."""
+        return self._ready_since if self.ready else None
+
+    @property
     def legacy(self) -> bool:
         return self.config.protocol == "legacy"
 
