@@ -53,6 +53,14 @@ class Metrics(Collector):
             "messages_mapped": ("messages a rule turned into an event", counts.get("mapped", 0)),
             "messages_unmapped": ("messages no rule takes", counts.get("unmapped", 0)),
             "messages_rejected": ("payloads a rule refused", counts.get("rejected", 0)),
+            "readings_missing": (
+                "events with a declared reading absent or not a number",
+                counts.get("readings_missing", 0),
+            ),
+            "internal_errors": (
+                "messages that hit a bug (kept as dead letters)",
+                counts.get("internal_errors", 0),
+            ),
             "events_acknowledged": ("events the platform answered 200", delivery.acknowledged),
             "events_dead_lettered": ("events moved to the dead letters", delivery.dead_lettered),
             "events_retried": ("events retried after a 500", delivery.retries),

@@ -37,7 +37,7 @@ from adapter.mapping import (
 )
 from adapter.mqtt import Message, MqttLink, PublishRefused, stable_client_id
 from adapter.outbox import NewEvent, Outbox
-from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError
+from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError, Device
 from adapter.sepl.messages import event_metadata, format_time, payload_text, to_millis
 from adapter.topic import TopicPattern
 
@@ -177,7 +177,14 @@ class Adapter:
             refused: list[tuple[NewEvent, str]] = []
             readings: list[Reading] = []
             for message in batch:
-                self._take(message, events, refused, readings)
+                try:
+                    self._take(message, events, refused, readings)
+                except Exception as exc:
+                    # A bug on one message must not stop the adapter (it would come back
+                    # from the broker at every start): keep it as a dead letter, go on.
+                    self.count("internal_errors")
+                    log.exception("could not process a message on %s", message.topic)
+                    refused.append((self._raw_event(message), f"internal error: {exc!r}"))
             self.outbox.add(events)
             self.outbox.add_dead_letters(refused)
             self.history.record(readings)
@@ -213,17 +220,16 @@ class Adapter:
                 message.topic,
                 outcome.reason,
             )
-            data, encoding = payload_text(message.payload)
-            metadata = event_metadata(
-                time=message.received,
-                topic=message.topic,
-                readings={},
-                primary=None,
-                encoding=encoding,
-            )
+            raw = self._raw_event(message)
             refused.append(
                 (
-                    NewEvent(outcome.device, outcome.rule.service, data, metadata, outcome.rule.id),
+                    NewEvent(
+                        outcome.device,
+                        outcome.rule.service,
+                        raw.data,
+                        raw.metadata,
+                        outcome.rule.id,
+                    ),
                     outcome.reason,
                 )
             )
@@ -289,6 +295,18 @@ class Adapter:
         if len(self._published) > 1000:
             self._published = {k: t for k, t in self._published.items() if t >= now}
         self._published[(topic, payload.encode("utf-8"))] = now + OWN_ECHO_WINDOW
+
+    @staticmethod
+    def _raw_event(message: Message) -> NewEvent:
+        data, encoding = payload_text(message.payload)
+        metadata = event_metadata(
+            time=message.received,
+            topic=message.topic,
+            readings={},
+            primary=None,
+            encoding=encoding,
+        )
+        return NewEvent(Device("unmapped", message.topic, ""), "", data, metadata)
 
     def _forward_retained(self, message: Message) -> bool:
         policy = self.settings.forward_retained

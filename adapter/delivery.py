@@ -218,8 +218,10 @@ class Sender:
         if self.on_ack is not None:
             self.on_ack(age)
         self._acked.append(entry.seq)
-        if len(self._acked) >= FETCH:
-            self._flush()
+        # Deleted at once (one short transaction, ~20 us): after a crash only the events in
+        # flight (CONNECTOR_INFLIGHT) go again, not also all those answered since the last
+        # batched delete (up to FLUSH_INTERVAL of traffic, measured 79 with 32 in flight).
+        self._flush()
 
     def _breaker(self, uri: str) -> Breaker:
         breaker = self._breakers.get(uri)

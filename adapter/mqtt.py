@@ -249,6 +249,12 @@ class MqttLink:
         try:
             await anyio.sleep_forever()
         finally:
+            # Stop taking messages before stopping paho's thread: with the forwarder gone,
+            # that thread can be blocked handing a message into the full stream, and
+            # loop_stop() would wait for it forever (SIGTERM hung until SIGKILL). Closing
+            # the receiving end releases it; what was not taken stays unacknowledged, so
+            # the broker delivers it again after the restart.
+            self.messages.close()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._stop)
 

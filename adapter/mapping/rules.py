@@ -58,6 +58,8 @@ def decode_payload(kind: str, payload: bytes) -> Any:
             return json.loads(text)
         except ValueError as exc:
             raise DecodeError(f"payload is not JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError("payload is JSON nested too deeply to read") from None
     if kind == "number":
         number = as_number(text)
         if number is None:
