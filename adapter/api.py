@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from adapter.history import QueryError, UnknownDevice, parse_query
 from adapter.mapping.report import explain_result
+from adapter.web import add_status_page
 
 if TYPE_CHECKING:
     from adapter.app import Adapter
@@ -116,6 +117,7 @@ class Api:
                 web.post("/api/explain", self.explain),
             ]
         )
+        add_status_page(app, "adapter")
         return app
 
     @web.middleware

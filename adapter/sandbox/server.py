@@ -29,6 +29,7 @@ from adapter.sandbox.store import PlatformDevice
 from adapter.sepl import envelope
 from adapter.sepl.envelope import ProtocolError
 from adapter.sepl.legacy import is_legacy_credentials
+from adapter.web import add_status_page
 
 log = logging.getLogger("adapter.sandbox")
 
@@ -79,6 +80,7 @@ class SandboxServer:
                 web.post("/" + self.registration_path.strip("/"), self.post_registration),
             ]
         )
+        add_status_page(app, "sandbox")
         app.on_shutdown.append(self._close_sockets)
         return app
 
