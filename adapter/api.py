@@ -208,7 +208,13 @@ class Api:
         down_for = a.platform_down_for()
         return web.json_response(
             {
-                "mqtt": {"up": a.mqtt.connected.is_set(), "client_id": a.mqtt.client_id},
+                "mqtt": {
+                    "up": a.mqtt.connected.is_set(),
+                    "client_id": a.mqtt.client_id,
+                    ("up_for_s" if a.mqtt.connected.is_set() else "down_for_s"): round(
+                        time.monotonic() - a.mqtt.changed_at, 1
+                    ),
+                },
                 "platform": {
                     "up": a.connector.ready,
                     "down_for_s": None if down_for is None else round(down_for, 1),

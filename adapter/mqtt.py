@@ -11,6 +11,7 @@ import logging
 import secrets
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +89,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._pending: dict[int, list[str]] = {}
         self.connected = threading.Event()
+        self.changed_at = time.monotonic()  # when `connected` last changed
         self.received = 0
         self.undecodable = 0
         send, receive = anyio.create_memory_object_stream[Message](buffer)
@@ -149,6 +151,7 @@ class MqttLink:
         with self._lock:
             self._subscribe(client, self.filters, set(self._subscribed) - set(self.filters))
         client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
+        self.changed_at = time.monotonic()
         self.connected.set()
 
     def _on_subscribe(
@@ -209,6 +212,8 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if self.connected.is_set():
+            self.changed_at = time.monotonic()
         self.connected.clear()
         if reason.value != 0:
             log.warning("lost the broker connection (%s); paho reconnects", reason)
