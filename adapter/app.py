@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from anyio.abc import TaskGroup
 from adapter import config
 from adapter.api import Api
 from adapter.delivery import Sender
+from adapter.discovered import DiscoverySource
 from adapter.history import HistoryStore, Reading
 from adapter.mapping import (
     AvailabilityChange,
@@ -117,6 +119,8 @@ class Adapter:
     outbox: Outbox
     sender: Sender
     history: HistoryStore
+    hand_written: MappingSet
+    discovery: DiscoverySource | None = None
     replies: list[ReplyWaiter] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     online: dict[str, bool | None] = field(default_factory=dict)
@@ -147,12 +151,34 @@ class Adapter:
                 self.count("mapping_reload_errors")
                 log.error("mapping change not applied, the previous mappings stay: %s", exc)
                 continue
-            await self.apply_mappings(new)
+            self.hand_written = new
+            await self.apply_mappings(self._merged())
 
-    async def apply_mappings(self, new: MappingSet) -> None:
+    def _merged(self) -> MappingSet:
+        if self.discovery is None:
+            return self.hand_written
+        return self.discovery.merged(self.hand_written)
+
+    def filters(self) -> list[str]:
+        extra = [] if self.discovery is None else self.discovery.filters()
+        return sorted({*subscription_filters(self.mappings), *extra})
+
+    async def watch_discovery(self) -> None:
+        """The settle time: configs of an earlier run not announced again are removed."""
+        assert self.discovery is not None
+        while not self.discovery.settle_due():
+            await anyio.sleep(1.0)
+        await self._apply_discovery()
+
+    async def _apply_discovery(self) -> None:
+        assert self.discovery is not None
+        await self.apply_mappings(self._merged(), self.discovery.take_removed())
+
+    async def apply_mappings(self, new: MappingSet, removed: Sequence[str] = ()) -> None:
         self.mappings = new
-        self.mqtt.set_filters(subscription_filters(new))
+        self.mqtt.set_filters(self.filters())
         gone = [uri for uri in self.connector.devices if not new.produces(uri)]
+        gone += [uri for uri in removed if uri in self.connector.devices and uri not in gone]
         if gone:
             log.info("no rule makes %s any more: disconnecting", ", ".join(sorted(gone)))
             try:
@@ -176,7 +202,13 @@ class Adapter:
             events: list[NewEvent] = []
             refused: list[tuple[NewEvent, str]] = []
             readings: list[Reading] = []
+            discovered = False
             for message in batch:
+                if self.discovery is not None and self.discovery.owns(message.topic):
+                    # Configuration, not telemetry: read whatever FORWARD_RETAINED says.
+                    self.count("discovery_messages")
+                    discovered |= self.discovery.take(message.topic, message.payload)
+                    continue
                 try:
                     self._take(message, events, refused, readings)
                 except Exception as exc:
@@ -191,6 +223,8 @@ class Adapter:
             self.mqtt.ack(batch)
             if events:
                 self.sender.notify()
+            if discovered:
+                await self._apply_discovery()
 
     def _take(
         self,
@@ -427,7 +461,19 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     client_id = settings.mqtt_client_id or stable_client_id(state_dir)
     connector_config = ConnectorConfig.from_settings(settings, state_dir=state_dir / "connector")
-    mqtt = MqttLink(settings, client_id, subscription_filters(mappings), state_dir=state_dir)
+    discovery = None
+    if settings.discovery_tasmota is not None or settings.discovery_homeassistant is not None:
+        discovery = DiscoverySource(
+            settings.discovery_tasmota,
+            settings.discovery_homeassistant,
+            state_dir,
+            settings.discovery_settle,
+        )
+    hand_written = mappings
+    if discovery is not None:
+        mappings = discovery.merged(hand_written)
+    filters = [*subscription_filters(mappings), *(discovery.filters() if discovery else [])]
+    mqtt = MqttLink(settings, client_id, filters, state_dir=state_dir)
     outbox = Outbox(
         state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
     )
@@ -437,7 +483,17 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     try:
         async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
             sender = Sender(outbox, connector, settings.connector_inflight)
-            adapter = Adapter(settings, mappings, connector, mqtt, outbox, sender, history)
+            adapter = Adapter(
+                settings,
+                mappings,
+                connector,
+                mqtt,
+                outbox,
+                sender,
+                history,
+                hand_written,
+                discovery,
+            )
             api = Api(
                 adapter, settings.adapter_http_token.get() if settings.adapter_http_token else None
             )
@@ -452,6 +508,8 @@ async def run(settings: Any, mappings: MappingSet) -> None:
                 intake.start_soon(adapter.forward)
                 intake.start_soon(adapter.handle_commands, intake)
                 intake.start_soon(adapter.watch_mappings)
+                if discovery is not None:
+                    intake.start_soon(adapter.watch_discovery)
                 log.info(
                     "adapter running: %d rules, %d command rules, subscribed to %s",
                     len(mappings.rules),

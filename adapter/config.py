@@ -113,6 +113,9 @@ class Settings:
     connector_password_file: Path | None = None
     adapter_http_token_file: Path | None = None
     adapter_http_allow_unauthenticated: bool = False
+    discovery_tasmota: str | None = "tasmota/discovery"
+    discovery_homeassistant: str | None = "homeassistant"
+    discovery_settle: float = 30.0
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -240,6 +243,15 @@ def _status_topic(text: str) -> str:
 
 
 _OFF = ("off", "false")  # YAML turns `http: off` into false, which reaches us as "false"
+
+
+def _discovery_prefix(text: str) -> str | None:
+    """A discovery topic prefix to read, or off."""
+    if text.strip().lower() in _OFF:
+        return None
+    if not text or "+" in text or "#" in text or "\0" in text or text.endswith("/"):
+        raise ValueError("expected a topic prefix without wildcards or trailing /, or off")
+    return text
 
 
 def _listen_address(text: str) -> tuple[str, int] | None:
@@ -388,6 +400,27 @@ _SPECS: tuple[_Spec, ...] = (
         "changed",
         "retained messages on subscribe",
         "MODE",
+    ),
+    _Spec(
+        "DISCOVERY_TASMOTA",
+        _discovery_prefix,
+        "tasmota/discovery",
+        "Tasmota discovery prefix read for zero-configuration devices, or off",
+        "PREFIX",
+    ),
+    _Spec(
+        "DISCOVERY_HOMEASSISTANT",
+        _discovery_prefix,
+        "homeassistant",
+        "Home Assistant discovery prefix read for zero-configuration devices, or off",
+        "PREFIX",
+    ),
+    _Spec(
+        "DISCOVERY_SETTLE",
+        _positive_duration,
+        "30s",
+        "a discovered device not announced again this long after start is removed",
+        "DURATION",
     ),
     _Spec("LOGLEVEL", _choice(*_LOGLEVELS, ignore_case=True), "info", "log level", "LEVEL"),
 )

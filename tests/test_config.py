@@ -60,6 +60,9 @@ CONFIGURATION_NAMES = [
     "OUTBOX_MAX_AGE",
     "HISTORY_RETENTION",
     "FORWARD_RETAINED",
+    "DISCOVERY_TASMOTA",  # ours: issue [8], zero-configuration devices
+    "DISCOVERY_HOMEASSISTANT",
+    "DISCOVERY_SETTLE",
     "LOGLEVEL",
 ]
 
