@@ -1,7 +1,11 @@
 """A real Mosquitto for development and tests, plus a small synchronous MQTT probe.
 
 `Broker` renders `mosquitto/mosquitto.conf` (see the README there) into a working
-directory and runs `mosquitto -c <file>` as a child process on a loopback port.
+directory and runs `mosquitto -c <file>` as a child process on a loopback port. Given a
+`BrokerSecurity` it renders `mosquitto/secure.conf` instead: TLS only, a password file and
+an ACL (`acl_text`), with a throw-away CA and server certificate generated at run time
+(`CertificateAuthority`, the `openssl` command line) and passwords hashed by
+`mosquitto_passwd`.
 `MqttProbe` is a blocking paho-mqtt client for tests: connect, subscribe, publish and wait
 for a matching message with a timeout instead of sleeping.
 """
@@ -15,11 +19,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -123,9 +128,15 @@ def render_config(
     log_file: Path,
     log_type: str = "all",
     run_as_root: bool | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> str:
-    """The template with its placeholders filled; `user root` appended when running as root."""
+    """The template with its placeholders filled; `user root` appended when running as root.
+
+    `extra` fills further placeholders (the secured template's `${CA_FILE}` and others,
+    see `BrokerSecurity.placeholders`).
+    """
     text = string.Template(template.read_text(encoding="utf-8")).substitute(
+        dict(extra or {}),
         PORT=str(port),
         # Mosquitto concatenates persistence_location and persistence_file: needs the slash.
         DATA_DIR=str(data_dir).rstrip("/") + "/",
@@ -141,12 +152,267 @@ def render_config(
     return text
 
 
+# --- the secured broker: TLS, password file, ACL ------------------------------------------
+
+SECURE_TEMPLATE = DEFAULT_TEMPLATE.with_name("secure.conf")
+OPENSSL_MISSING = "openssl not found: install it with 'apt-get install openssl'"
+MOSQUITTO_PASSWD_MISSING = (
+    "mosquitto_passwd not found: it comes with Mosquitto ('apt-get install mosquitto')"
+)
+ADAPTER_USER = "sepl-adapter"
+DEVICE_USER = "sepl-device"
+CERT_DAYS = 2  # test certificates: generated per run, never committed, short-lived
+
+# What the adapter's broker user may receive: the device topics of the bundled mapping
+# families (their subscription filters, adapter/app.py `subscription_filters`), its own
+# status and the Shelly Gen2 RPC replies. Mosquitto checks read access when it delivers a
+# message, so a subscription to a wider filter only receives what is listed here.
+ADAPTER_READ = (
+    "tele/#",  # Tasmota telemetry, LWT
+    "stat/#",  # Tasmota command results
+    "shellies/#",  # Shelly Gen1
+    "zigbee2mqtt/#",  # Zigbee2MQTT
+    "home/#",  # OpenMQTTGateway
+    "+/status",  # ESPHome availability, Shelly Gen2 status
+    "+/status/#",
+    "+/online",  # Shelly Gen2 availability
+    "+/events/rpc",  # Shelly Gen2 notifications
+    "+/sensor/+/state",  # ESPHome entities
+    "+/binary_sensor/+/state",
+    "+/switch/+/state",
+    "sepl-adapter/#",  # its own status and the Shelly Gen2 RPC replies (sepl-adapter/rpc)
+)
+# What it may publish: command topics of the bundled command rules and its status topic.
+ADAPTER_WRITE = (
+    "cmnd/#",  # Tasmota
+    "shellies/+/relay/+/command",  # Shelly Gen1
+    "+/rpc",  # Shelly Gen2 RPC requests
+    "+/switch/+/command",  # ESPHome
+    "zigbee2mqtt/+/set",  # Zigbee2MQTT, friendly names of one or two levels
+    "zigbee2mqtt/+/+/set",
+    "sepl-adapter/status",  # its retained online/offline birth and will
+)
+# Denied whatever the lists above allow (Mosquitto checks `topic deny` first): Home
+# Assistant's discovery and birth topics and Tasmota's discovery, which the first-level
+# wildcards of `+/rpc` and `+/switch/+/command` would otherwise reach. A deny also stops
+# reading: to use the ha-statestream mapping, drop `homeassistant/#` from it.
+ADAPTER_DENY = ("homeassistant/#", "tasmota/discovery/#")
+# A device user for the families whose topics start with a fixed level (Tasmota, Shelly
+# Gen1, Zigbee2MQTT, OpenMQTTGateway): publishes telemetry, state and availability, receives
+# commands. ESPHome and Shelly Gen2 topics start with the device's own name: such devices
+# get users of their own and a `pattern readwrite %u/#` line (mosquitto/README.md).
+DEVICE_READ = ("cmnd/#", "shellies/+/relay/+/command", "zigbee2mqtt/+/set", "zigbee2mqtt/+/+/set")
+DEVICE_WRITE = ("tele/#", "stat/#", "shellies/#", "zigbee2mqtt/#", "home/#")
+
+
+def acl_text(
+    adapter_user: str = ADAPTER_USER,
+    device_user: str | None = DEVICE_USER,
+    *,
+    adapter_read: Iterable[str] = ADAPTER_READ,
+    adapter_write: Iterable[str] = ADAPTER_WRITE,
+    adapter_deny: Iterable[str] = ADAPTER_DENY,
+    device_read: Iterable[str] = DEVICE_READ,
+    device_write: Iterable[str] = DEVICE_WRITE,
+    full_access: Iterable[str] = (),
+) -> str:
+    """A Mosquitto `acl_file`: deny, read and write lists per user; whatever is not listed
+    is denied too. Read-and-write topics are written once, as `topic readwrite`.
+    `full_access` users get `topic readwrite #` (Home Assistant's own `homeassistant` and
+    `addons` users expect that on its Mosquitto add-on).
+    """
+
+    def section(
+        user: str, read: Iterable[str], write: Iterable[str], deny: Iterable[str] = ()
+    ) -> list[str]:
+        readable, writable = list(dict.fromkeys(read)), list(dict.fromkeys(write))
+        lines = [f"user {user}", *(f"topic deny {topic}" for topic in deny)]
+        for topic in readable:
+            access = "readwrite" if topic in writable else "read"
+            lines.append(f"topic {access} {topic}")
+        lines += [f"topic write {topic}" for topic in writable if topic not in readable]
+        return [*lines, ""]
+
+    lines = [
+        "# Generated by adapter/devbroker.py (acl_text). Mosquitto denies whatever is not",
+        "# listed: the adapter cannot write to homeassistant/# or tasmota/discovery/#.",
+        "",
+        *section(adapter_user, adapter_read, adapter_write, adapter_deny),
+    ]
+    if device_user is not None:
+        lines += section(device_user, device_read, device_write)
+    for user in full_access:
+        lines += section(user, ("#",), ("#",))
+    return "\n".join(lines)
+
+
+def find_tool(name: str, missing: str) -> str:
+    """A command-line tool from PATH or the sbin directories; BrokerError when absent."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerError(missing)
+
+
+def _run_tool(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise BrokerError(f"{what} failed (exit {result.returncode}): {result.stderr.strip()}")
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A throw-away certificate authority made with the `openssl` command line."""
+
+    cert_file: Path
+    key_file: Path
+
+    @classmethod
+    def generate(cls, directory: Path, name: str = "sepl-adapter test CA") -> CertificateAuthority:
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = directory / "ca.crt", directory / "ca.key"
+        _run_tool(
+            [
+                find_tool("openssl", OPENSSL_MISSING),
+                *("req", "-x509", "-new", "-nodes", "-newkey", "ec"),
+                *("-pkeyopt", "ec_paramgen_curve:prime256v1"),
+                *("-keyout", str(key), "-out", str(cert), "-days", str(CERT_DAYS)),
+                *("-subj", f"/CN={name}"),
+                *("-addext", "basicConstraints=critical,CA:TRUE"),
+                *("-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+                *("-addext", "subjectKeyIdentifier=hash"),
+            ],
+            "creating the test CA",
+        )
+        key.chmod(0o600)
+        return cls(cert, key)
+
+    def issue(
+        self,
+        directory: Path,
+        name: str = "server",
+        *,
+        dns_names: Iterable[str] = ("localhost",),
+        ip_addresses: Iterable[str] = (LOOPBACK,),
+    ) -> tuple[Path, Path]:
+        """A server certificate for these names, signed by this CA: (cert file, key file)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+        csr, extensions = directory / f"{name}.csr", directory / f"{name}.ext"
+        alt_names = [f"DNS:{n}" for n in dns_names] + [f"IP:{a}" for a in ip_addresses]
+        if not alt_names:
+            raise ValueError("a server certificate needs at least one DNS name or IP address")
+        openssl = find_tool("openssl", OPENSSL_MISSING)
+        _run_tool(
+            [
+                openssl,
+                *("req", "-new", "-nodes", "-newkey", "ec"),
+                *("-pkeyopt", "ec_paramgen_curve:prime256v1"),
+                *("-keyout", str(key), "-out", str(csr)),
+                # The common name is not checked when there are subjectAltNames (RFC 6125).
+                *("-subj", f"/CN={alt_names[0].split(':', 1)[1]}"),
+            ],
+            f"creating the key of {name}",
+        )
+        key.chmod(0o600)
+        extensions.write_text(
+            "\n".join(
+                [
+                    "basicConstraints=critical,CA:FALSE",
+                    "keyUsage=critical,digitalSignature,keyEncipherment",
+                    "extendedKeyUsage=serverAuth",
+                    "subjectKeyIdentifier=hash",
+                    "authorityKeyIdentifier=keyid,issuer",
+                    "subjectAltName=" + ",".join(alt_names),
+                    "",
+                ]
+            ),
+            encoding="utf-8",
+        )
+        _run_tool(
+            [
+                openssl,
+                *("x509", "-req", "-in", str(csr), "-out", str(cert)),
+                *("-CA", str(self.cert_file), "-CAkey", str(self.key_file), "-CAcreateserial"),
+                *("-days", str(CERT_DAYS), "-sha256", "-extfile", str(extensions)),
+            ],
+            f"signing the certificate of {name}",
+        )
+        return cert, key
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A Mosquitto password file (hashed) made with `mosquitto_passwd -b`.
+
+    The password is on mosquitto_passwd's command line for a moment: fine for test
+    secrets; for real ones run `mosquitto_passwd <file> <user>` and type it.
+    """
+    if not users:
+        raise ValueError("a password file needs at least one user")
+    tool = find_tool("mosquitto_passwd", MOSQUITTO_PASSWD_MISSING)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    for user, password in users.items():
+        # Not repr'd into the error: the tool's stderr does not echo the password.
+        _run_tool([tool, "-b", str(path), user, password], f"mosquitto_passwd for {user!r}")
+    return path
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The files the secured template (`mosquitto/secure.conf`) needs."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    password_file: Path
+    acl_file: Path
+
+    @classmethod
+    def generate(
+        cls,
+        directory: Path,
+        users: Mapping[str, str],
+        *,
+        ca: CertificateAuthority | None = None,
+        dns_names: Iterable[str] = ("localhost",),
+        ip_addresses: Iterable[str] = (LOOPBACK,),
+        acl: str | None = None,
+    ) -> BrokerSecurity:
+        """A CA (unless given), a server certificate for `dns_names`/`ip_addresses`, the
+        password file of `users` and the ACL (`acl_text()` unless given), in `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = ca or CertificateAuthority.generate(directory / "ca")
+        cert, key = ca.issue(directory, "server", dns_names=dns_names, ip_addresses=ip_addresses)
+        password_file = write_password_file(directory / "passwords", users)
+        acl_file = directory / "acl"
+        acl_file.write_text(acl if acl is not None else acl_text(), encoding="utf-8")
+        return cls(ca.cert_file, cert, key, password_file, acl_file)
+
+    def placeholders(self) -> dict[str, str]:
+        return {
+            "CA_FILE": str(self.ca_file.resolve()),
+            "CERT_FILE": str(self.cert_file.resolve()),
+            "KEY_FILE": str(self.key_file.resolve()),
+            "PASSWORD_FILE": str(self.password_file.resolve()),
+            "ACL_FILE": str(self.acl_file.resolve()),
+        }
+
+
 class Broker:
     """One Mosquitto process on 127.0.0.1:`port`, configured from the template.
 
     Files in `directory`: `mosquitto.conf` (generated), `mosquitto.log` (the broker's log),
     `mosquitto.stderr` (output before logging starts, e.g. config errors) and `data/`
     (persistence) unless `data_dir` is given. `restart()` keeps port and data directory.
+
+    With `security`, the template defaults to `mosquitto/secure.conf`: one TLS listener,
+    no anonymous clients, the given password file and ACL.
     """
 
     def __init__(
@@ -160,15 +426,20 @@ class Broker:
         executable: str | None = None,
         log_type: str = "all",
         start_timeout: float = 10.0,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.security = security
         self.port = port if port is not None else free_port()
         self.host = LOOPBACK
         self.data_dir = Path(data_dir) if data_dir is not None else self.directory / "data"
         self.log_file = Path(log_file) if log_file is not None else self.directory / "mosquitto.log"
         self.stderr_file = self.directory / "mosquitto.stderr"
         self.config_file = self.directory / "mosquitto.conf"
-        self.template = Path(template) if template is not None else DEFAULT_TEMPLATE
+        if template is not None:
+            self.template = Path(template)
+        else:
+            self.template = SECURE_TEMPLATE if security is not None else DEFAULT_TEMPLATE
         self.executable = executable
         self.log_type = log_type
         self.start_timeout = start_timeout
@@ -195,6 +466,7 @@ class Broker:
                 data_dir=self.data_dir.resolve(),
                 log_file=self.log_file.resolve(),
                 log_type=self.log_type,
+                extra=self.security.placeholders() if self.security is not None else None,
             ),
             encoding="utf-8",
         )
@@ -305,6 +577,10 @@ class MqttProbe:
 
     All messages received are kept in order; `expect` waits for one that matches, looking
     at messages from index `since` on (`mark()` gives the current index).
+
+    For the secured broker give `username`/`password` and `ca_file` (TLS, verifying the
+    broker's certificate and host name) or a `tls_context` of your own. A refused login
+    raises `ConnectionRefusedError`.
     """
 
     def __init__(
@@ -315,11 +591,16 @@ class MqttProbe:
         client_id: str = "",
         clean_session: bool = True,
         timeout: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: Path | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = timeout
         self.messages: list[Received] = []
         self._cond = threading.Condition()
         self._connected = False
+        self._refused: ReasonCode | None = None
         self._acked: set[int] = set()
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -330,9 +611,24 @@ class MqttProbe:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if ca_file is not None and tls_context is None:
+            tls_context = ssl.create_default_context(cafile=str(ca_file))
+        if tls_context is not None:
+            self._client.tls_set_context(tls_context)
         self._client.connect(host, port, keepalive=30)
         self._client.loop_start()
-        self._wait(lambda: self._connected, f"CONNACK from {host}:{port}")
+        try:
+            self._wait(
+                lambda: self._connected or self._refused is not None, f"CONNACK from {host}:{port}"
+            )
+        except TimeoutError:
+            self.close()
+            raise
+        if self._refused is not None:
+            self.close()
+            raise ConnectionRefusedError(f"{host}:{port} refused the connection: {self._refused}")
 
     @property
     def client(self) -> mqtt.Client:
@@ -348,6 +644,8 @@ class MqttProbe:
     ) -> None:
         with self._cond:
             self._connected = not reason_code.is_failure
+            if reason_code.is_failure:
+                self._refused = reason_code
             self._cond.notify_all()
 
     def _on_subscribe(
