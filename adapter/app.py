@@ -151,6 +151,11 @@ class Adapter:
                 self.count("mapping_reload_errors")
                 log.error("mapping change not applied, the previous mappings stay: %s", exc)
                 continue
+            except Exception:
+                # A loader bug must not stop a running adapter over an edited file.
+                self.count("mapping_reload_errors")
+                log.exception("mapping change not applied, the previous mappings stay")
+                continue
             self.hand_written = new
             await self.apply_mappings(self._merged())
 

@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class MqttLink:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         return client
@@ -140,14 +142,9 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            log.warning("broker refused the connection: %s", reason)
+            log.warning("%s refused the connection: %s; retrying", self.url, reason)
             return
-        log.info(
-            "connected to mqtt://%s:%d as %s",
-            self.settings.mqtt_host,
-            self.settings.mqtt_port,
-            self.client_id,
-        )
+        log.info("connected to %s as %s", self.url, self.client_id)
         with self._lock:
             self._subscribe(client, self.filters, set(self._subscribed) - set(self.filters))
         client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
@@ -212,11 +209,32 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        if self.connected.is_set():
+        was_connected = self.connected.is_set()
+        if was_connected:
             self.changed_at = time.monotonic()
         self.connected.clear()
-        if reason.value != 0:
-            log.warning("lost the broker connection (%s); paho reconnects", reason)
+        # After a refused CONNACK there was no connection to lose: that was said already.
+        if was_connected and reason.value != 0:
+            log.warning("lost the connection to %s (%s); reconnecting", self.url, reason)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError` of the connect attempt, so the error
+        # is still at hand; without it a TLS failure would leave the log silent.
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLCertVerificationError):
+            reason = f"certificate not accepted: {error.verify_message}"
+        elif isinstance(error, ssl.SSLError):
+            reason = f"TLS failed: {error.reason or error}"
+        elif error is not None:
+            reason = str(error) or type(error).__name__
+        else:
+            reason = "unknown error"
+        log.warning("cannot connect to %s: %s; retrying", self.url, reason)
+
+    @property
+    def url(self) -> str:
+        scheme = "mqtts" if self.settings.mqtt_tls else "mqtt"
+        return f"{scheme}://{self.settings.mqtt_host}:{self.settings.mqtt_port}"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1

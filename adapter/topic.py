@@ -43,6 +43,12 @@ def validate_topic_name(topic: str) -> None:
         raise TopicError(f"a topic name must not contain wildcards: {topic!r}")
     if "\x00" in topic:
         raise TopicError("a topic name must not contain U+0000")
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        raise TopicError("a topic name must be valid UTF-8") from None
+    if size > 65535:
+        raise TopicError("a topic name must be at most 65535 bytes")
 
 
 def filter_matches(topic_filter: str, topic: str) -> bool:

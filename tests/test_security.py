@@ -456,33 +456,9 @@ def broker_lines(log: str) -> list[tuple[float, str, str]]:
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(
-            "wrong-password",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: two lines per attempt: adapter/mqtt.py _on_connect logs 'broker "
-                "refused the connection: Not authorized', then _on_disconnect logs 'lost the "
-                "broker connection (Unspecified error); paho reconnects' for a connection "
-                "that never existed",
-            ),
-        ),
-        pytest.param(
-            "untrusted-ca",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: silent: paho's network thread catches the SSLCertVerificationError "
-                "in loop_forever(retry_first_connection=True) and retries without a word; "
-                "adapter/mqtt.py sets no on_connect_fail and enables no paho logger",
-            ),
-        ),
-        pytest.param(
-            "hostname-mismatch",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: silent, as for the untrusted CA (the SSLCertVerificationError "
-                "'IP address mismatch' is swallowed by paho's retry loop)",
-            ),
-        ),
+        "wrong-password",
+        "untrusted-ca",
+        "hostname-mismatch",
     ],
 )
 def test_failed_connection_logs_one_clear_line_per_attempt(
@@ -573,17 +549,7 @@ def config_output(env: Mapping[str, str]) -> str:
     "dialect",
     [
         "envelope",
-        pytest.param(
-            "legacy",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: adapter/sepl/client.py _RedactCredentials redacts a frame only if "
-                "its log message contains '\"pw\"', but websockets elides the middle of a frame "
-                "longer than 75 characters: with a long user name the legacy credentials "
-                '\'{"user": "…", "pw": "…"}\' is logged as \'{"user": "<name>"…<end of the '
-                "password>\"}' - no '\"pw\"' left, most of the password in the debug log",
-            ),
-        ),
+        "legacy",
     ],
 )
 def test_no_secret_in_any_log_error_or_answer(
@@ -754,15 +720,6 @@ HOSTILE_MAPPINGS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: adapter/app.py watch_mappings catches only MappingError; the loader lets "
-    "ValueError (an impossible YAML date), yaml.reader.ReaderError (a control character: "
-    "yamlsource.parse_yaml builds its loader outside the try), RecursionError (deep YAML) and "
-    "OverflowError (compile.py float(scale)) through, so one bad edit of a mapping file "
-    "stops the running adapter with an exception-group traceback",
-)
 def test_hostile_mapping_edit_does_not_stop_the_adapter(
     broker: Broker, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:

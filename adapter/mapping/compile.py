@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zoneinfo
 from datetime import UTC, tzinfo
 from pathlib import Path as FilePath
@@ -261,8 +262,12 @@ def _compile_readings(r: Reader) -> tuple[Reading, ...]:
             if unknown:
                 raise MappingError(f"{at}: reading {name!r}: unknown keys {sorted(unknown)}")
             path_text, scale = spec.get("path", "@"), spec.get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, int | float):
-            raise MappingError(f"{at}: reading {name!r}: scale must be a number")
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not math.isfinite(_float(scale))
+        ):
+            raise MappingError(f"{at}: reading {name!r}: scale must be a finite number")
         readings.append(
             Reading(str(name), compile_path(path_text, at, f"reading {name!r}"), float(scale))
         )
@@ -375,3 +380,10 @@ def load_files(directory: FilePath) -> tuple[list[Rule], list[CommandRule], list
 
 
 __all__ = ["MappingError", "compile_text", "load_files"]
+
+
+def _float(value: float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # a 400-digit integer
+        return math.inf

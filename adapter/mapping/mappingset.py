@@ -222,6 +222,8 @@ class MappingSet:
                 **values,
                 "data": data,
                 "data_json": json.dumps(data),
+                "id": "0",
+                "transaction": "0",
                 **(correlation or {}),
             }
             topic = render_template(rule.topic, values)

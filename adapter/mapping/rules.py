@@ -80,7 +80,10 @@ def as_number(value: Any, scale: float = 1.0) -> float | None:
     if isinstance(value, bool):
         number = 1.0 if value else 0.0
     elif isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # a 400-digit JSON integer
+            return None
     elif isinstance(value, str):
         word = value.strip().lower()
         if word in ("on", "true"):
@@ -94,7 +97,7 @@ def as_number(value: Any, scale: float = 1.0) -> float | None:
                 return None
     else:
         return None
-    if not math.isfinite(number):
+    if not math.isfinite(number) or not math.isfinite(number * scale):
         return None
     return number * scale
 
@@ -154,8 +157,8 @@ def parse_device_time(value: Any, zone: tzinfo) -> datetime | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        seconds = value / 1000.0 if value > 1e11 else float(value)
         try:
+            seconds = value / 1000.0 if value > 1e11 else float(value)
             return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
             return None
@@ -170,7 +173,10 @@ def parse_device_time(value: Any, zone: tzinfo) -> datetime | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01 at +01:00 is before year 1 in UTC
+        return None
 
 
 @dataclass(frozen=True)

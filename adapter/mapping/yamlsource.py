@@ -22,6 +22,16 @@ class Node(dict[str, Any]):
 class _Loader(yaml.SafeLoader):
     filename = "?"
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # a value PyYAML cannot build: 2001-02-30
+            if isinstance(exc, MappingError):
+                raise
+            raise MappingError(
+                f"{_pos(self.filename, node.start_mark)}: invalid YAML value: {exc}"
+            ) from None
+
 
 def _pos(filename: str, mark: Any) -> str:
     return f"{filename}:{mark.line + 1}:{mark.column + 1}"
@@ -46,19 +56,54 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+MAX_NODES = 100_000  # after alias expansion: a 400-byte file of nested aliases is no mapping
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `node` stands for once aliases are expanded (memoised per node)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node that contains itself counts once here
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(
+            _expanded_size(key, sizes) + _expanded_size(value, sizes) for key, value in node.value
+        )
+    sizes[id(node)] = min(total, MAX_NODES + 1)
+    return sizes[id(node)]
+
+
 def parse_yaml(text: str, filename: str) -> Any:
-    loader = _Loader(text)
-    loader.filename = filename
+    loader: _Loader | None = None
     try:
-        return loader.get_single_data()
+        loader = _Loader(text)
+        loader.filename = filename
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_NODES:
+            raise MappingError(
+                f"{filename}: more than {MAX_NODES} YAML nodes once aliases are expanded"
+            )
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _pos(filename, mark) if mark is not None else filename
         raise MappingError(f"{where}: invalid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # e.g. a control character (ReaderError, no mark)
         raise MappingError(f"{filename}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise MappingError(f"{filename}: YAML nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # a value PyYAML cannot build: 2001-02-30
+        if isinstance(exc, MappingError):
+            raise
+        raise MappingError(f"{filename}: invalid YAML value: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 class Reader:

@@ -703,7 +703,9 @@ class _RedactCredentials(logging.Filter):
             text = record.getMessage()
         except Exception:
             return True
-        if '"pw"' in text:
+        # websockets shortens long frames to their start and end, so a long user name can
+        # push '"pw"' out of the line: the start of a credentials frame is enough.
+        if '"pw"' in text or '{"user"' in text:
             record.msg, record.args = "> TEXT [credentials frame redacted]", None
         return True
 

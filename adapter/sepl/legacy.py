@@ -77,6 +77,8 @@ def decode_command(text: str) -> Command:
         payload = json.loads(body)
     except ValueError as exc:
         raise ProtocolError(f"legacy command is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("legacy command is JSON nested too deeply") from None
     return parse_command(payload)
 
 
@@ -87,7 +89,7 @@ def is_legacy_credentials(text: str) -> bool:
     """Era A credentials carry only user and pw; the envelope's carry a token too."""
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and "token" not in obj and "user" in obj
 
@@ -107,6 +109,8 @@ def decode_client_frame(text: str) -> Frame:
                 return Frame(kind, json.loads(text[len(prefix) :]))
             except ValueError as exc:
                 raise ProtocolError(f"{kind} frame is not JSON: {exc}") from None
+            except RecursionError:
+                raise ProtocolError(f"{kind} frame is JSON nested too deeply") from None
     raise ProtocolError(f"unknown legacy frame: {text[:80]!r}")
 
 

@@ -23,6 +23,8 @@ def parse_lookup_body(body: str, *, https: bool) -> str:
             obj = json.loads(text)
         except ValueError as exc:
             raise LookupError_(f"lookup answer is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise LookupError_("lookup answer is JSON nested too deeply") from None
         url = obj.get("url") if isinstance(obj, dict) else None
         if not isinstance(url, str):
             raise LookupError_("lookup answer has no string 'url' key")
