@@ -73,9 +73,13 @@ class TopicPattern:
     text: str
     mqtt_filter: str
     names: tuple[str, ...]
-    _regex: re.Pattern[str]
+    _regex: re.Pattern[str] | None  # None: `_levels` matches without a regex
     wildcards: int  # for precedence: fewer wildcards is more specific
     literal_levels: int
+    # For patterns of literal levels and {name} placeholders only (nearly all): per level,
+    # (is a placeholder, text). Level by level is faster than a regex, and compiling
+    # 10,000 regexes would cost most of the start-up with 10,000 rules.
+    _levels: tuple[tuple[bool, str], ...] | None = None
 
     @classmethod
     def compile(cls, text: str) -> TopicPattern:
@@ -133,11 +137,30 @@ class TopicPattern:
         else:  # a lone '#' matches every topic
             regex = "/".join(regex_parts)
         wildcards = sum(1 for lv in filter_levels if lv in ("+", "#"))
+        if not multi_seen and "+" not in levels and "#" not in levels:
+            simple = tuple(
+                (m is not None, m.group(1) if m is not None else level)
+                for level in levels
+                for m in [_PLACEHOLDER.fullmatch(level)]
+            )
+            return cls(text, mqtt_filter, tuple(names), None, wildcards, literal, simple)
         return cls(text, mqtt_filter, tuple(names), re.compile(regex), wildcards, literal)
 
     def match(self, topic: str) -> dict[str, str] | None:
         if topic.startswith("$") and self.mqtt_filter[:1] in ("+", "#"):
             return None
+        if self._levels is not None:
+            parts = topic.split("/")
+            if len(parts) != len(self._levels):
+                return None
+            values = {}
+            for (is_name, text), part in zip(self._levels, parts, strict=True):
+                if is_name:
+                    values[text] = part
+                elif text != part:
+                    return None
+            return values
+        assert self._regex is not None
         found = self._regex.fullmatch(topic)
         return None if found is None else {k: v for k, v in found.groupdict().items()}
 

@@ -101,7 +101,7 @@ ERRORS = [
     (
         "scale",
         RULE + "    readings:\n      energy: {path: '@', scale: sixty}\n",
-        "m.yaml:5:7: reading 'energy': scale must be a number",
+        "m.yaml:5:7: reading 'energy': scale must be a finite number",
     ),
     (
         "unknown time zone",

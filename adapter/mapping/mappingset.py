@@ -390,11 +390,17 @@ class _FilterTrie:
             yield from self.rules
             yield from self._everything_below()
             return
-        for key, child in self.children.items():
-            if key == "#":
-                continue
-            if level == "+" or key == "+" or key == level:
-                yield from child._walk(levels, i + 1)
+        if level == "+":  # every child shares topics with '+'
+            for key, child in self.children.items():
+                if key != "#":
+                    yield from child._walk(levels, i + 1)
+            return
+        # A literal level meets only its own child and '+': dict lookups, so checking
+        # 10,000 rules stays linear.
+        for key in (level, "+"):
+            found = self.children.get(key)
+            if found is not None:
+                yield from found._walk(levels, i + 1)
 
     def _everything_below(self) -> Iterator[Rule]:
         for child in self.children.values():

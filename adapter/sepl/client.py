@@ -227,6 +227,7 @@ class Connector:
         self.down_since: float | None = time.monotonic()  # None while the link is ready
         self._limiter = anyio.CapacityLimiter(self.config.inflight)
         self._commit_pending = False
+        self._save_pending = False
         self._commit_lock = anyio.Lock()
         self._put_lock = anyio.Lock()
         self._tg: TaskGroup | None = None
@@ -264,6 +265,7 @@ class Connector:
     ) -> bool | None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
+        self._flush_save()
         self._commands_in.close()
         result = await self._tg.__aexit__(exc_type, exc, tb)
         self._tg = None
@@ -300,7 +302,7 @@ class Connector:
     async def register(self, devices: Iterable[Device]) -> None:
         """Manage these devices: persisted, `put` now when connected (else at the next sync)."""
         changed = []
-        managed = dict(self.state.devices)
+        managed = self.state.devices
         for device in devices:
             device.validate()
             if managed.get(device.uri) != device:
@@ -308,7 +310,7 @@ class Connector:
                 changed.append(device)
         if not changed:
             return
-        self.state.set_devices(managed)
+        self._schedule_save()
         if self.ready:
             for device in changed:
                 self.attached.discard(device.uri)
@@ -319,12 +321,11 @@ class Connector:
 
     async def unregister(self, devices: Iterable[Device | str], *, delete: bool = False) -> None:
         """Stop managing devices: `disconnect` (or `delete`) each, then commit."""
-        managed = dict(self.state.devices)
         uris = [d if isinstance(d, str) else d.uri for d in devices]
         for uri in uris:
-            managed.pop(uri, None)
+            self.state.devices.pop(uri, None)
             self.quarantined.pop(uri, None)
-        self.state.set_devices(managed)
+        self._schedule_save()
         session = self._session
         if session is None or not self.ready:
             return
@@ -473,6 +474,26 @@ class Connector:
             raise LinkDown(f"registration at {url} answered {status}: {text[:200]}")
         await session.write(legacy.UPDATE_FRAME)
 
+    def _schedule_save(self) -> None:
+        # The device set file is written once for a burst of new devices, not once per
+        # device (10,000 devices one by one would rewrite it 10,000 times). A crash before
+        # the write costs one full sync at the next start, never a wrong hash match: the
+        # commit below always follows the save.
+        if self._tg is None:
+            self.state.set_devices(self.state.devices)
+        elif not self._save_pending:
+            self._save_pending = True
+            self._tg.start_soon(self._debounced_save)
+
+    async def _debounced_save(self) -> None:
+        await anyio.sleep(COMMIT_DEBOUNCE / 2)
+        self._flush_save()
+
+    def _flush_save(self) -> None:
+        if self._save_pending:
+            self._save_pending = False
+            self.state.set_devices(self.state.devices)
+
     def _schedule_commit(self) -> None:
         if self._commit_pending or self._tg is None:
             return
@@ -497,6 +518,7 @@ class Connector:
         return gateway_hash(d for u, d in self.state.devices.items() if u in self.attached)
 
     async def _commit(self, session: _Session) -> None:
+        self._flush_save()  # the device set on disk is never older than a committed hash
         answer = await session.request("commit", self._committable_hash(), self.config.sync_timeout)
         self.stats.commits += 1
         if answer.status != 200:
