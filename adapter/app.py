@@ -46,14 +46,12 @@ from adapter.topic import TopicPattern
 log = logging.getLogger("adapter")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The websockets debug log prints whole frames, the credentials frame among them (D3).
-    logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))
+def setup_logging(level: str, fmt: str | None = None) -> None:
+    # stderr, text or JSON lines (LOGFORMAT), no colour off a terminal, websockets capped
+    # at INFO (D3): see adapter/logs.py. `fmt` None = the LOGFORMAT environment variable.
+    from adapter import logs
+
+    logs.setup(level, fmt)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +64,7 @@ def main(args: argparse.Namespace) -> int:
     except config.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.loglevel)
+    setup_logging(settings.loglevel, settings.logformat)
     if settings.mqtt_tls and settings.mqtt_tls_insecure:
         log.warning("MQTT_TLS_INSECURE is set: the broker's certificate is not checked")
     if settings.connector_tls_insecure:

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from adapter.schema import SchemaError
+
 # name: (help, module, parser set-up function, entry function)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "run": ("run the adapter (the default)", "adapter.app", "configure_parser", "main"),
@@ -55,6 +57,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "configure_parser",
         "main",
     ),
+    "init": (
+        "write a commented starter config and a copy of the bundled mappings",
+        "adapter.init",
+        "configure_parser",
+        "main",
+    ),
 }
 
 
@@ -68,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sepl-adapter",
         description="Forward MQTT device readings to the SEPL connector and route commands back.",
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {_function('adapter.init', 'installed_version')()}",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (text, module, configure, _) in SUBCOMMANDS.items():
         _function(module, configure)(sub.add_parser(name, help=text))
@@ -76,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in {*SUBCOMMANDS, "-h", "--help"}:
+    if not args_list or args_list[0] not in {*SUBCOMMANDS, "-h", "--help", "--version"}:
         args_list.insert(0, "run")
     args = build_parser().parse_args(args_list)
     _, module, _, entry = SUBCOMMANDS[args.command]
@@ -86,4 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `sepl-adapter check | head`: the reader left; that is not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except SchemaError as exc:
+        # A database from a newer release: one line, exit 2 (the unit does not restart).
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return result

@@ -108,6 +108,7 @@ class Settings:
     history_retention: float
     forward_retained: str
     loglevel: str
+    logformat: str
     # The *_FILE names are settings of configuration.md too; kept so `describe` can show them.
     mqtt_password_file: Path | None = None
     connector_password_file: Path | None = None
@@ -291,6 +292,7 @@ class _Spec:
 
 
 _LOGLEVELS = ("debug", "info", "warning", "error", "critical")
+_LOGFORMATS = ("text", "json")
 
 _SPECS: tuple[_Spec, ...] = (
     _Spec("MQTT_HOST", _non_empty("a host name or address"), "127.0.0.1", "broker host", "HOST"),
@@ -423,6 +425,13 @@ _SPECS: tuple[_Spec, ...] = (
         "DURATION",
     ),
     _Spec("LOGLEVEL", _choice(*_LOGLEVELS, ignore_case=True), "info", "log level", "LEVEL"),
+    _Spec(
+        "LOGFORMAT",
+        _choice(*_LOGFORMATS, ignore_case=True),
+        "text",
+        "log lines: text, or json (one JSON object a line) for machines",
+        "FORMAT",
+    ),
 )
 _BY_ENV = {spec.env: spec for spec in _SPECS}
 _GROUPS = {spec.env.split("_")[0].lower() for spec in _SPECS}

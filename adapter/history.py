@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from adapter.sqlitedb import open_db, transaction
+from adapter.schema import Migration, open_versioned
+from adapter.sqlitedb import transaction
 
 GRANULARITIES = (
     "all",
@@ -59,6 +60,10 @@ CREATE TABLE IF NOT EXISTS devices (
     uri TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', type TEXT NOT NULL DEFAULT '',
     primary_reading TEXT, last_seen REAL, last_readings TEXT NOT NULL DEFAULT '{}');
 """
+# Schema versions (adapter/schema.py): SCHEMA above is version 1, the first release. Do not
+# edit it or any released migration; append one for every change, and tests/test_migrations.py
+# checks that the files of every earlier version still open.
+MIGRATIONS = (Migration(1, "readings with a covering index, and devices", SCHEMA),)
 
 
 class QueryError(ValueError):
@@ -140,8 +145,7 @@ def bucket_sql(granularity: str) -> str:
 class HistoryStore:
     def __init__(self, path: Path | str, retention: float = 30 * 86400.0) -> None:
         self.retention = retention
-        self.db = open_db(path)
-        self.db.executescript(SCHEMA)
+        self.db = open_versioned(path, MIGRATIONS, "history")
 
     def close(self) -> None:
         self.db.close()

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapter.schema import Migration, open_versioned
 from adapter.sepl.device import Device
-from adapter.sqlitedb import open_db, transaction
+from adapter.sqlitedb import transaction
 
 log = logging.getLogger("adapter.outbox")
 
@@ -50,6 +51,10 @@ CREATE TABLE IF NOT EXISTS retained (
     topic TEXT PRIMARY KEY,
     payload BLOB NOT NULL);
 """
+# Schema versions (adapter/schema.py): SCHEMA above is version 1, the first release. Do not
+# edit it or any released migration; append one for every change, and tests/test_migrations.py
+# checks that the files of every earlier version still open.
+MIGRATIONS = (Migration(1, "outbox, dead letters and retained payloads", SCHEMA),)
 
 COLUMNS = "seq, created, device, device_uri, service, data, metadata, rule, attempts"
 
@@ -116,8 +121,7 @@ class Outbox:
         self.max_events = max_events
         self.max_age = max_age
         self.dropped = 0
-        self.db = open_db(path)
-        self.db.executescript(SCHEMA)
+        self.db = open_versioned(path, MIGRATIONS, "outbox")
         self._count = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._retained = self._load_retained()
 

@@ -64,6 +64,7 @@ CONFIGURATION_NAMES = [
     "DISCOVERY_HOMEASSISTANT",
     "DISCOVERY_SETTLE",
     "LOGLEVEL",
+    "LOGFORMAT",  # ours: issue [9], JSON lines for machines
 ]
 
 
@@ -126,6 +127,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("history_retention", 30 * 86400.0),
     ("forward_retained", "changed"),
     ("loglevel", "info"),
+    ("logformat", "text"),
 ]
 
 
@@ -465,6 +467,7 @@ INVALID: list[tuple[str, str, str]] = [
     ("MQTT_PORT", "1883.0", ACCEPTED_PORT),
     ("LOGLEVEL", "loud", "expected one of debug, info, warning, error, critical"),
     ("LOGLEVEL", "warn", "expected one of debug, info, warning, error, critical"),
+    ("LOGFORMAT", "xml", "expected one of text, json"),
     ("MQTT_PROTOCOL", "4", "expected one of 3.1.1, 5"),
     ("FORWARD_RETAINED", "x", "expected one of changed, all, none"),
     ("CONNECTOR_PROTOCOL", "x", "expected one of envelope, legacy"),

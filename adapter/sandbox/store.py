@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter.sqlitedb import open_db
+from adapter.schema import Migration, open_versioned
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
@@ -25,6 +25,10 @@ CREATE TABLE IF NOT EXISTS commands (
     task_id TEXT PRIMARY KEY, device_uri TEXT NOT NULL, service_uri TEXT NOT NULL,
     sent REAL NOT NULL, request TEXT NOT NULL, response TEXT, answered REAL);
 """
+# Schema versions (adapter/schema.py): SCHEMA above is version 1, the first release. Do not
+# edit it or any released migration; append one for every change, and tests/test_migrations.py
+# checks that the files of every earlier version still open.
+MIGRATIONS = (Migration(1, "gateways, devices, events and commands", SCHEMA),)
 
 
 @dataclass
@@ -48,8 +52,7 @@ class PlatformDevice:
 
 class SandboxStore:
     def __init__(self, path: Path | str) -> None:
-        self.db = open_db(path)
-        self.db.executescript(SCHEMA)
+        self.db = open_versioned(path, MIGRATIONS, "sandbox")
 
     def close(self) -> None:
         self.db.close()
