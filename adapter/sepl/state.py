@@ -12,6 +12,8 @@ from adapter.sepl.device import Device
 
 log = logging.getLogger(__name__)
 
+DEVICES_VERSION = 1  # format of devices.json
+
 
 def write_atomically(path: Path, text: str) -> None:
     """Temporary file, fsync, rename: a crash leaves the old or the new file, never half."""
@@ -54,7 +56,14 @@ class GatewayState:
         devices_file = directory / "devices.json"
         if devices_file.exists():
             try:
-                rows = json.loads(devices_file.read_text(encoding="utf-8"))
+                stored = json.loads(devices_file.read_text(encoding="utf-8"))
+                # Version 0 was a bare list; version 1 wraps it with its version.
+                if isinstance(stored, dict) and stored.get("version") == DEVICES_VERSION:
+                    rows = stored["devices"]
+                elif isinstance(stored, list):
+                    rows = stored
+                else:
+                    raise ValueError("not a device list of a known format version")
                 for row in rows:
                     device = Device(
                         row["uri"],
@@ -82,4 +91,5 @@ class GatewayState:
                 {"uri": d.uri, "name": d.name, "type": d.device_type, "tags": list(d.tags)}
                 for d in sorted(self.devices.values(), key=lambda d: d.uri)
             ]
-            write_atomically(self.directory / "devices.json", json.dumps(rows, indent=1) + "\n")
+            document = {"version": DEVICES_VERSION, "devices": rows}
+            write_atomically(self.directory / "devices.json", json.dumps(document, indent=1) + "\n")
