@@ -194,14 +194,11 @@ class Adapter:
     async def forward(self) -> None:
         """MQTT messages to outbox rows, in batches; each batch is acknowledged to the
         broker only after it was written (at-least-once from broker to outbox)."""
-        stream = self.mqtt.messages
-        async for first in stream:
-            batch = [first]
-            while len(batch) < FORWARD_BATCH:
-                try:
-                    batch.append(stream.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
+        while True:
+            try:
+                batch = await self.mqtt.inbox.get_batch(FORWARD_BATCH)
+            except anyio.EndOfStream:
+                return
             events: list[NewEvent] = []
             refused: list[tuple[NewEvent, str]] = []
             readings: list[Reading] = []

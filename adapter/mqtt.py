@@ -22,12 +22,12 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import paho.mqtt.client as mqtt
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from adapter.inbox import Inbox
 from adapter.sepl.state import write_atomically
 
 log = logging.getLogger("adapter.mqtt")
@@ -93,10 +93,7 @@ class MqttLink:
         self.changed_at = time.monotonic()  # when `connected` last changed
         self.received = 0
         self.undecodable = 0
-        send, receive = anyio.create_memory_object_stream[Message](buffer)
-        self._send: MemoryObjectSendStream[Message] = send
-        self.messages: MemoryObjectReceiveStream[Message] = receive
-        self._token: Any = None
+        self.inbox: Inbox[Message] = Inbox(buffer)
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -249,17 +246,13 @@ class MqttLink:
         message = Message(
             topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC), msg.mid
         )
-        # Shutting down: the stream is closed or the event loop is gone.
-        with contextlib.suppress(
-            anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError
-        ):
-            anyio.from_thread.run(self._send.send, message, token=self._token)
+        self.inbox.put(message)  # False when shutting down: then it stays unacknowledged
 
     # --- anyio side ----------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect and keep the network thread running until cancelled."""
-        self._token = anyio.lowlevel.current_token()
+        self.inbox.bind()
         s = self.settings
         properties = None
         if s.mqtt_protocol == "5":
@@ -277,7 +270,7 @@ class MqttLink:
             # loop_stop() would wait for it forever (SIGTERM hung until SIGKILL). Closing
             # the receiving end releases it; what was not taken stays unacknowledged, so
             # the broker delivers it again after the restart.
-            self.messages.close()
+            self.inbox.close()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._stop)
 
@@ -290,7 +283,6 @@ class MqttLink:
                 info.wait_for_publish(timeout=2)
         self._client.disconnect()
         self._client.loop_stop()
-        self._send.close()
 
     def ack(self, messages: list[Message]) -> None:
         """Acknowledge to the broker (paho's ack is thread-safe)."""

@@ -225,7 +225,12 @@ class Connector:
         self._ready = anyio.Event()
         self._ready_since: float | None = None
         self.down_since: float | None = time.monotonic()  # None while the link is ready
-        self._limiter = anyio.CapacityLimiter(self.config.inflight)
+        # Requests in flight and the window allowed: the configured one, or 1 after an
+        # error answer until a 200 arrives (D8). A counter and an event rather than a
+        # CapacityLimiter, whose per-task bookkeeping cost more than the request.
+        self._in_flight = 0
+        self._window = self.config.inflight
+        self._slot_free: anyio.Event | None = None
         self._commit_pending = False
         self._save_pending = False
         self._commit_lock = anyio.Lock()
@@ -417,11 +422,21 @@ class Connector:
     async def _limited_request(
         self, session: _Session, handler: str, payload: Any, **kw: Any
     ) -> Envelope:
-        async with self._limiter:
+        while self._in_flight >= self._window:
+            if self._slot_free is None:
+                self._slot_free = anyio.Event()
+            await self._slot_free.wait()
+        self._in_flight += 1
+        try:
             answer = await session.request(handler, payload, self.config.request_timeout, **kw)
+        finally:
+            self._in_flight -= 1
+            if self._slot_free is not None:
+                self._slot_free.set()
+                self._slot_free = None
         # After an error answer only one request may be in flight until a 200 arrives, so
         # a burst of failures cannot spend the session's error budget (D8).
-        self._limiter.total_tokens = self.config.inflight if answer.status == 200 else 1
+        self._window = self.config.inflight if answer.status == 200 else 1
         return answer
 
     async def _attach(self, device: Device) -> None:
@@ -600,7 +615,7 @@ class Connector:
                 self.down_since = time.monotonic()
                 self._ready = anyio.Event()
                 await _maybe_await(self._on_disconnect, result)
-            self._limiter.total_tokens = self.config.inflight
+            self._window = self.config.inflight
         return result
 
     async def _sync_and_wait(self, session: _Session, server_hash: str, url: str, gid: str) -> str:
