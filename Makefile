@@ -59,9 +59,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: venv
-	$(VPY) -m bench.match
-	@echo "more benchmarks arrive with issue [6]: throughput, latency, memory and recovery against a naive baseline"
+# Every scenario of issue [6] with real Mosquitto and adapter processes, bench.history and
+# bench.match included; a table, and JSON in bench/results/. BENCH_ARGS=--quick for a smoke
+# run, --profile to add py-spy profiles (.venv/bin/pip install py-spy), --only a,b to pick.
+bench: venv mosquitto
+	$(VPY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
