@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,37 @@ def test_hand_written_rule_overrides_generated_one(
         assert "energy_power" not in readings
     finally:
         adapter.stop()
+
+    # check and explain show the generated rules and where they came from.
+    state = str(tmp_path / "adapter-state")
+    check = subprocess.run(
+        [sys.executable, "-m", "adapter", "check", str(REPO / "mappings"), "--state-dir", state],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "rules generated from discovery" in check.stdout
+    assert "from homeassistant/sensor/0x00158d00022cb428/" in check.stdout
+    assert "overrides discovered rule" in check.stdout
+    explain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adapter",
+            "explain",
+            "zigbee2mqtt/living_room",
+            Z2M_TELEMETRY.decode(),
+            "--mappings-dir",
+            str(tmp_path / "none"),
+            "--state-dir",
+            state,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    print(explain.stdout)
+    assert "discovered:" in explain.stdout and "z2m:living_room" in explain.stdout

@@ -61,11 +61,24 @@ def _directory(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> MappingSet | None:
+    """The hand-written mappings, merged with the rules generated from the discovery
+    configs the adapter keeps in its state directory (when one is given)."""
     try:
-        return load_directory(_directory(args), args.device_prefix)
+        mappings = load_directory(_directory(args), args.device_prefix)
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    from adapter.discovered import STATE_FILE, DiscoverySource  # discovery uses this package
+
+    if args.state_dir is not None and (args.state_dir / STATE_FILE).exists():
+        source = DiscoverySource(
+            os.environ.get("DISCOVERY_TASMOTA", "tasmota/discovery"),
+            os.environ.get("DISCOVERY_HOMEASSISTANT", "homeassistant"),
+            args.state_dir,
+        )
+        mappings = source.merged(mappings)
+        args.discovery_notes = source.notes
+    return mappings
 
 
 def placeholder_warnings(mappings: MappingSet) -> list[str]:
@@ -109,6 +122,13 @@ def check(args: argparse.Namespace) -> int:
     print("\ndevice types and services:")
     for name, services in sorted(device_types.items()):
         print(f"  {name}: {', '.join(sorted(services))}")
+    generated = [r for r in mappings.rules if r.id.startswith("discovered:")]
+    if generated:
+        print(f"\nrules generated from discovery ({len(generated)}):")
+        for rule in generated:
+            print(f"  {rule.id}: {rule.pattern.text} -> {rule.device.uri}, from {rule.where}")
+        for note in getattr(args, "discovery_notes", []):
+            print(f"  note: {note}")
     if args.state_dir is not None:
         known = GatewayState(args.state_dir / "connector").devices
         print(f"\ndevices remembered in {args.state_dir}: {len(known)}")
