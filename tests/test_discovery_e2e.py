@@ -166,6 +166,7 @@ def test_hand_written_rule_overrides_generated_one(
     assert "rules generated from discovery" in check.stdout
     assert "from homeassistant/sensor/0x00158d00022cb428/" in check.stdout
     assert "overrides discovered rule" in check.stdout
+    (tmp_path / "none").mkdir()
     explain = subprocess.run(
         [
             sys.executable,
