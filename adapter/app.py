@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from adapter import config
@@ -225,6 +226,9 @@ class Adapter:
                 self.sender.notify()
             if discovered:
                 await self._apply_discovery()
+            # While a backlog lasts, get_batch never waits: let the sender and the
+            # connector run between batches, or nothing is delivered until it is gone.
+            await anyio.lowlevel.checkpoint()
 
     def _take(
         self,
@@ -510,11 +514,14 @@ async def run(settings: Any, mappings: MappingSet) -> None:
                 intake.start_soon(adapter.watch_mappings)
                 if discovery is not None:
                     intake.start_soon(adapter.watch_discovery)
+                shown = ", ".join(mqtt.filters[:10]) or "-"
+                more = f" and {len(mqtt.filters) - 10} more" if len(mqtt.filters) > 10 else ""
                 log.info(
-                    "adapter running: %d rules, %d command rules, subscribed to %s",
+                    "adapter running: %d rules, %d command rules, subscribed to %s%s",
                     len(mappings.rules),
                     len(mappings.commands),
-                    ", ".join(mqtt.filters) or "-",
+                    shown,
+                    more,
                 )
             # No more messages are taken; what is in flight gets a few seconds to finish.
             await sender.drain(SHUTDOWN_GRACE)
