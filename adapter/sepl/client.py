@@ -9,6 +9,7 @@ import logging
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +231,7 @@ class Connector:
         # CapacityLimiter, whose per-task bookkeeping cost more than the request.
         self._in_flight = 0
         self._window = self.config.inflight
-        self._slot_free: anyio.Event | None = None
+        self._slot_waiters: deque[anyio.Event] = deque()  # first come, first served
         self._commit_pending = False
         self._save_pending = False
         self._commit_lock = anyio.Lock()
@@ -422,22 +423,45 @@ class Connector:
     async def _limited_request(
         self, session: _Session, handler: str, payload: Any, **kw: Any
     ) -> Envelope:
-        while self._in_flight >= self._window:
-            if self._slot_free is None:
-                self._slot_free = anyio.Event()
-            await self._slot_free.wait()
-        self._in_flight += 1
+        await self._acquire_slot()
         try:
             answer = await session.request(handler, payload, self.config.request_timeout, **kw)
         finally:
-            self._in_flight -= 1
-            if self._slot_free is not None:
-                self._slot_free.set()
-                self._slot_free = None
+            self._release_slot()
         # After an error answer only one request may be in flight until a 200 arrives, so
         # a burst of failures cannot spend the session's error budget (D8).
-        self._window = self.config.inflight if answer.status == 200 else 1
+        self._set_window(self.config.inflight if answer.status == 200 else 1)
         return answer
+
+    async def _acquire_slot(self) -> None:
+        # Slots are handed over in arrival order: waking every waiter to race for a slot
+        # let a later event of a device overtake an earlier one after an outage.
+        if self._in_flight < self._window and not self._slot_waiters:
+            self._in_flight += 1
+            return
+        granted = anyio.Event()
+        self._slot_waiters.append(granted)
+        try:
+            await granted.wait()
+        except BaseException:
+            if granted.is_set():
+                self._release_slot()  # handed over, but we are leaving: pass it on
+            else:
+                self._slot_waiters.remove(granted)
+            raise
+
+    def _release_slot(self) -> None:
+        self._in_flight -= 1
+        self._hand_over()
+
+    def _set_window(self, window: int) -> None:
+        self._window = window
+        self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._slot_waiters and self._in_flight < self._window:
+            self._in_flight += 1
+            self._slot_waiters.popleft().set()
 
     async def _attach(self, device: Device) -> None:
         session = self._session
@@ -615,7 +639,7 @@ class Connector:
                 self.down_since = time.monotonic()
                 self._ready = anyio.Event()
                 await _maybe_await(self._on_disconnect, result)
-            self._window = self.config.inflight
+            self._set_window(self.config.inflight)
         return result
 
     async def _sync_and_wait(self, session: _Session, server_hash: str, url: str, gid: str) -> str:
