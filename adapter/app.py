@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from adapter import config
@@ -226,9 +225,6 @@ class Adapter:
                 self.sender.notify()
             if discovered:
                 await self._apply_discovery()
-            # While a backlog lasts, get_batch never waits: let the sender and the
-            # connector run between batches, or nothing is delivered until it is gone.
-            await anyio.lowlevel.checkpoint()
 
     def _take(
         self,

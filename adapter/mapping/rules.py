@@ -26,15 +26,27 @@ class DecodeError(ValueError):
 _MISSING = object()
 
 
+_FIELD_CHAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
 class Path:
     """A JMESPath expression, or `@` for the whole decoded payload."""
 
     def __init__(self, text: str, expr: Any) -> None:
         self.text = text
         self._expr = expr
+        # Most paths are plain field chains (ENERGY.Power): a dict walk gives JMESPath's
+        # answer at a fraction of its cost (JMESPath was a quarter of the CPU under load).
+        self._fields = tuple(text.split(".")) if _FIELD_CHAIN.fullmatch(text) else None
 
     def search(self, document: Any) -> Any:
         if self._expr is None:
+            return document
+        if self._fields is not None:
+            for field_name in self._fields:
+                if not isinstance(document, dict):
+                    return None
+                document = document.get(field_name)
             return document
         try:
             return self._expr.search(document)
