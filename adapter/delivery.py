@@ -79,6 +79,7 @@ class Sender:
         self._ready: list[tuple[int, Entry]] = []  # heap by seq: sent in outbox order
         self._cursor = 0  # highest seq read from the outbox
         self._in_flight: set[int] = set()
+        self._busy: set[str] = set()  # devices with an event on its way
         self._held: dict[str, list[Entry]] = {}  # device -> entries waiting behind a retry
         self._retry_at: dict[str, float] = {}  # device -> when its head entry goes again
         self._breakers: dict[str, Breaker] = {}
@@ -111,6 +112,7 @@ class Sender:
             entry = await self._next()
             await self._slots.acquire()
             self._in_flight.add(entry.seq)
+            self._busy.add(entry.device_uri)
             tg.start_soon(self._deliver, entry)
 
     async def _next(self) -> Entry:
@@ -123,6 +125,12 @@ class Sender:
                 _, entry = heapq.heappop(self._ready)
                 uri = entry.device_uri
                 breaker = self._breakers.get(uri)
+                if uri in self._busy and uri not in self._retry_at:
+                    # One event per device on its way at a time: its order on the platform
+                    # is then the outbox order, whatever reconnects, re-puts and retries
+                    # do to the timing of the ones in flight.
+                    self._held.setdefault(uri, []).append(entry)
+                    continue
                 if uri in self._retry_at or (breaker is not None and not breaker.allows(now)):
                     # Behind an earlier event of the same device: keep the device's order.
                     self._held.setdefault(uri, []).append(entry)
@@ -156,6 +164,11 @@ class Sender:
             await self._send(entry)
         finally:
             self._in_flight.discard(entry.seq)
+            uri = entry.device_uri
+            self._busy.discard(uri)
+            if uri not in self._retry_at:  # the next event of this device may go now
+                for held in self._held.pop(uri, []):
+                    heapq.heappush(self._ready, (held.seq, held))
             self._slots.release()
             if not self._in_flight:
                 self._idle.set()
@@ -164,15 +177,19 @@ class Sender:
     async def _send(self, entry: Entry) -> None:
         uri = entry.device_uri
         try:
-            await self.connector.send_event(entry.device, entry.service, entry.data, entry.metadata)
-        except LinkDown as exc:
-            # Not answered: it goes again, in order, once the link is back (duplicates
-            # possible, never gaps).
-            self.stats.link_failures += 1
-            log.debug("event %d waits for the link: %s", entry.seq, exc)
-            heapq.heappush(self._ready, (entry.seq, entry))
-            await self.connector.wait_ready()
-            return
+            while True:
+                try:
+                    await self.connector.send_event(
+                        entry.device, entry.service, entry.data, entry.metadata
+                    )
+                    break
+                except LinkDown as exc:
+                    # Not answered: this task sends it again once the link is back
+                    # (duplicates possible, never gaps). Handing it back to the queue let
+                    # later events of its device, already waiting, go first.
+                    self.stats.link_failures += 1
+                    log.debug("event %d waits for the link: %s", entry.seq, exc)
+                    await self.connector.wait_ready()
         except DeviceQuarantined as exc:
             self._dead_letter(entry, f"device quarantined: {exc}")
             return
