@@ -203,7 +203,13 @@ class Adapter:
             refused: list[tuple[NewEvent, str]] = []
             readings: list[Reading] = []
             discovered = False
-            for message in batch:
+            for index, message in enumerate(batch):
+                if index and not index % FORWARD_YIELD:
+                    # Let the answers in and the freed slots refill between slices: with
+                    # CONNECTOR_INFLIGHT events in flight, the rate is that window per
+                    # round trip, and a whole batch mapped in one go stretched the round
+                    # trip to the batch's time.
+                    await anyio.lowlevel.checkpoint()
                 if self.discovery is not None and self.discovery.owns(message.topic):
                     # Configuration, not telemetry: read whatever FORWARD_RETAINED says.
                     self.count("discovery_messages")
@@ -217,12 +223,10 @@ class Adapter:
                     self.count("internal_errors")
                     log.exception("could not process a message on %s", message.topic)
                     refused.append((self._raw_event(message), f"internal error: {exc!r}"))
-            self.outbox.add(events)
+            self.sender.offer(self.outbox.add(events))
             self.outbox.add_dead_letters(refused)
             self.history.record(readings)
             self.mqtt.ack(batch)
-            if events:
-                self.sender.notify()
             if discovered:
                 await self._apply_discovery()
 
@@ -529,6 +533,7 @@ async def run(settings: Any, mappings: MappingSet) -> None:
 
 
 FORWARD_BATCH = 256
+FORWARD_YIELD = 32  # messages mapped between two looks at the websocket
 UNMAPPED_TOPICS_KEPT = 1000
 OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
 SHUTDOWN_GRACE = 5.0

@@ -4,6 +4,7 @@ breaker so one poison device cannot spend the session's error budget."""
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import time
@@ -19,6 +20,7 @@ from adapter.sepl.client import (
     ConnectorError,
     DeviceQuarantined,
     EventRejected,
+    EventStart,
     LinkDown,
 )
 
@@ -26,6 +28,7 @@ log = logging.getLogger("adapter.delivery")
 
 FETCH = 512  # rows read from the outbox at a time
 POLL_INTERVAL = 1.0  # new rows written by another process (dead-letter replay)
+ACK_FLUSH = 0.01  # seconds between deletes of answered events
 
 
 @dataclass
@@ -77,18 +80,39 @@ class Sender:
 
     def __post_init__(self) -> None:
         self._ready: list[tuple[int, Entry]] = []  # heap by seq: sent in outbox order
-        self._cursor = 0  # highest seq read from the outbox
+        self._cursor = 0  # highest seq taken from the outbox
+        self._unread = True  # the outbox may hold rows after the cursor
         self._in_flight: set[int] = set()
         self._busy: set[str] = set()  # devices with an event on its way
         self._held: dict[str, list[Entry]] = {}  # device -> entries waiting behind a retry
         self._retry_at: dict[str, float] = {}  # device -> when its head entry goes again
         self._breakers: dict[str, Breaker] = {}
+        self._acked: list[int] = []  # answered, not yet deleted from the outbox
+        self._ack_waiting = anyio.Event()  # set at the first answer after a flush
         self._wake = anyio.Event()
         self._idle = anyio.Event()
-        self._slots = anyio.Semaphore(self.inflight)  # acquired here, released by the sender task
+        # Free slots of the window: a counter, since anyio's Semaphore yields to the loop
+        # on every acquire, a loop turn per event.
+        self._free = self.inflight
+        self._slot_freed = anyio.Event()
+        self._tg: TaskGroup | None = None
 
     def notify(self) -> None:
-        """New rows were added."""
+        """New rows were added (by another process, or without `offer`)."""
+        self._unread = True
+        self._wake.set()
+
+    def offer(self, entries: list[Entry]) -> None:
+        """Rows just written: taken as they are when they follow the last one taken, so
+        the outbox is not read back; otherwise they are read in turn later."""
+        if not entries:
+            return
+        if entries[0].seq == self._cursor + 1 and not self._unread and len(self._ready) < FETCH:
+            for entry in entries:
+                heapq.heappush(self._ready, (entry.seq, entry))
+            self._cursor = entries[-1].seq
+        else:
+            self._unread = True
         self._wake.set()
 
     @property
@@ -96,9 +120,14 @@ class Sender:
         return len(self._in_flight)
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._poller)
-            await self._dispatch(tg)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._poller)
+                tg.start_soon(self._flusher)
+                await self._dispatch(tg)
+        finally:
+            self.flush()
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most `timeout` s) until nothing is in flight; for a clean shutdown."""
@@ -106,46 +135,84 @@ class Sender:
             while self._in_flight:
                 self._idle = anyio.Event()
                 await self._idle.wait()
+        self.flush()
+
+    def flush(self) -> None:
+        """Delete the answered events from the outbox."""
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.outbox.delete(acked)
 
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
             entry = await self._next()
-            await self._slots.acquire()
-            self._in_flight.add(entry.seq)
-            self._busy.add(entry.device_uri)
-            tg.start_soon(self._deliver, entry)
+            while self._free == 0:
+                self._slot_freed = anyio.Event()
+                await self._slot_freed.wait()
+            # Everything that may go now leaves in one write: the first entry and as many
+            # more as slots and the queue allow.
+            batch = [self._take(entry)]
+            while self._free and (more := self._next_nowait(time.monotonic())) is not None:
+                batch.append(self._take(more))
+            starts = [
+                EventStart(
+                    e.device, e.service, e.data, e.metadata, functools.partial(self._answered, e)
+                )
+                for e in batch
+            ]
+            rest = await self.connector.start_events(starts)
+            if rest:  # not attached yet, link down, window narrowed: the slow way
+                entries = {id(start): e for start, e in zip(starts, batch, strict=True)}
+                for start in rest:
+                    tg.start_soon(self._deliver, entries[id(start)], None)
+
+    def _take(self, entry: Entry) -> Entry:
+        self._free -= 1
+        self._in_flight.add(entry.seq)
+        self._busy.add(entry.device_uri)
+        return entry
 
     async def _next(self) -> Entry:
         while True:
-            if len(self._ready) < FETCH // 2:
-                self._fetch()
             now = time.monotonic()
-            self._release_due(now)
-            while self._ready:
-                _, entry = heapq.heappop(self._ready)
-                uri = entry.device_uri
-                breaker = self._breakers.get(uri)
-                if uri in self._busy and uri not in self._retry_at:
-                    # One event per device on its way at a time: its order on the platform
-                    # is then the outbox order, whatever reconnects, re-puts and retries
-                    # do to the timing of the ones in flight.
-                    self._held.setdefault(uri, []).append(entry)
-                    continue
-                if uri in self._retry_at or (breaker is not None and not breaker.allows(now)):
-                    # Behind an earlier event of the same device: keep the device's order.
-                    self._held.setdefault(uri, []).append(entry)
-                    self._retry_at.setdefault(uri, breaker.open_until if breaker else now)
-                    continue
+            entry = self._next_nowait(now)
+            if entry is not None:
                 return entry
             self._wake = anyio.Event()
             delay = min((t - now for t in self._retry_at.values()), default=POLL_INTERVAL)
             with anyio.move_on_after(max(0.01, min(delay, POLL_INTERVAL))):
                 await self._wake.wait()
 
+    def _next_nowait(self, now: float) -> Entry | None:
+        if self._unread and len(self._ready) < FETCH // 2:
+            self._fetch()
+        if self._retry_at:
+            self._release_due(now)
+        while self._ready:
+            _, entry = heapq.heappop(self._ready)
+            uri = entry.device_uri
+            if uri in self._busy and uri not in self._retry_at:
+                # One event per device on its way at a time: its order on the platform is
+                # then the outbox order, whatever reconnects, re-puts and retries do to the
+                # timing of the ones in flight.
+                self._held.setdefault(uri, []).append(entry)
+                continue
+            breaker = self._breakers.get(uri)
+            if uri in self._retry_at or (breaker is not None and not breaker.allows(now)):
+                # Behind an earlier event of the same device: keep the device's order.
+                self._held.setdefault(uri, []).append(entry)
+                self._retry_at.setdefault(uri, breaker.open_until if breaker else now)
+                continue
+            return entry
+        return None
+
     def _fetch(self) -> None:
-        for entry in self.outbox.after(self._cursor, FETCH):
-            self._cursor = entry.seq
+        entries = self.outbox.after(self._cursor, FETCH)
+        for entry in entries:
             heapq.heappush(self._ready, (entry.seq, entry))
+        if entries:
+            self._cursor = entries[-1].seq
+        self._unread = len(entries) == FETCH
 
     def _release_due(self, now: float) -> None:
         for uri, due in list(self._retry_at.items()):
@@ -159,24 +226,44 @@ class Sender:
         self._retry_at[uri] = max(until, self._retry_at.get(uri, 0.0))
         self._held.setdefault(uri, []).insert(0, entry)
 
-    async def _deliver(self, entry: Entry) -> None:
-        try:
-            await self._send(entry)
-        finally:
-            self._in_flight.discard(entry.seq)
-            uri = entry.device_uri
-            self._busy.discard(uri)
-            if uri not in self._retry_at:  # the next event of this device may go now
-                for held in self._held.pop(uri, []):
-                    heapq.heappush(self._ready, (held.seq, held))
-            self._slots.release()
-            if not self._in_flight:
-                self._idle.set()
-            self._wake.set()
+    def _answered(self, entry: Entry, failure: ConnectorError | None) -> None:
+        """start_events' callback (from the connector's reader, no await possible)."""
+        if failure is None:
+            self._acknowledged(entry)
+            self._settled(entry)
+        elif self._tg is not None:
+            self._tg.start_soon(self._deliver, entry, failure)
 
-    async def _send(self, entry: Entry) -> None:
+    async def _deliver(self, entry: Entry, failure: ConnectorError | None) -> None:
+        try:
+            await self._send(entry, failure)
+        finally:
+            self._settled(entry)
+
+    def _settled(self, entry: Entry) -> None:
+        self._in_flight.discard(entry.seq)
+        uri = entry.device_uri
+        self._busy.discard(uri)
+        if uri not in self._retry_at:  # the next event of this device may go now
+            for held in self._held.pop(uri, ()):
+                heapq.heappush(self._ready, (held.seq, held))
+        self._free += 1
+        self._slot_freed.set()
+        if not self._in_flight:
+            self._idle.set()
+        self._wake.set()
+
+    async def _send(self, entry: Entry, failure: ConnectorError | None) -> None:
+        """The slow way, with a task per event: after a failure of the fast path, or when
+        the device must be put first or the link is down."""
         uri = entry.device_uri
         try:
+            if failure is not None and not isinstance(failure, LinkDown):
+                raise failure
+            if failure is not None:
+                self.stats.link_failures += 1
+                log.debug("event %d waits for the link: %s", entry.seq, failure)
+                await self.connector.wait_ready()
             while True:
                 try:
                     await self.connector.send_event(
@@ -204,16 +291,7 @@ class Sender:
             if exc.retryable and entry.attempts + 1 < self.max_retries:
                 self.outbox.record_attempt(entry.seq)
                 self.stats.retries += 1
-                retried = Entry(
-                    entry.seq,
-                    entry.created,
-                    entry.device,
-                    entry.service,
-                    entry.data,
-                    entry.metadata,
-                    entry.rule,
-                    entry.attempts + 1,
-                )
+                retried = entry._replace(attempts=entry.attempts + 1)
                 self._hold(retried, time.monotonic() + self.retry_base * 2**entry.attempts)
                 return
             self._dead_letter(entry, str(exc))
@@ -221,16 +299,24 @@ class Sender:
         except ConnectorError as exc:
             self._dead_letter(entry, str(exc))
             return
-        self._breaker(uri).success()
+        self._acknowledged(entry)
+
+    def _acknowledged(self, entry: Entry) -> None:
+        breaker = self._breakers.get(entry.device_uri)
+        if breaker is not None:
+            breaker.success()
         self.stats.acknowledged += 1
         age = max(0.0, time.time() - entry.created)
         self.stats.latency_sum += age
         if self.on_ack is not None:
             self.on_ack(age)
-        # Deleted at once (one short transaction, ~20 us): after a crash only the events in
-        # flight (CONNECTOR_INFLIGHT) go again, not also those answered since a batched
-        # delete (50 ms of traffic was measured as 79 resends with 32 in flight).
-        self.outbox.delete([entry.seq])
+        # Deleted in batches every few milliseconds: after a crash only the events in
+        # flight and those answered since the last delete go again.
+        if not self._acked:
+            self._ack_waiting.set()
+        self._acked.append(entry.seq)
+        if len(self._acked) >= FETCH:
+            self.flush()
 
     def _breaker(self, uri: str) -> Breaker:
         breaker = self._breakers.get(uri)
@@ -245,8 +331,15 @@ class Sender:
         )
         self.outbox.dead_letter(entry, reason)
 
+    async def _flusher(self) -> None:
+        while True:
+            await self._ack_waiting.wait()
+            self._ack_waiting = anyio.Event()
+            await anyio.sleep(ACK_FLUSH)
+            self.flush()
+
     async def _poller(self) -> None:
         # Rows can also come from `sepl-adapter deadletters replay` in another process.
         while True:
             await anyio.sleep(POLL_INTERVAL)
-            self._wake.set()
+            self.notify()

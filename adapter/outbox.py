@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapter.schema import Migration, open_versioned
 from adapter.sepl.device import Device
@@ -59,8 +59,9 @@ MIGRATIONS = (Migration(1, "outbox, dead letters and retained payloads", SCHEMA)
 COLUMNS = "seq, created, device, device_uri, service, data, metadata, rule, attempts"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    # A tuple, not a frozen dataclass: one is made per event on the hot path, and a frozen
+    # dataclass's __init__ costs five times as much.
     seq: int
     created: float
     device: Device
@@ -85,6 +86,20 @@ class NewEvent:
 
 
 def _device_json(device: Device) -> str:
+    text = _DEVICE_JSON.get(device)
+    if text is None:
+        if len(_DEVICE_JSON) >= _DEVICE_JSON_KEPT:
+            _DEVICE_JSON.clear()
+        text = _DEVICE_JSON[device] = _encode_device(device)
+    return text
+
+
+# Every event row carries its device; the few thousand devices are encoded once each.
+_DEVICE_JSON: dict[Device, str] = {}
+_DEVICE_JSON_KEPT = 100_000
+
+
+def _encode_device(device: Device) -> str:
     return json.dumps(
         {
             "uri": device.uri,
@@ -133,10 +148,11 @@ class Outbox:
 
     # --- writing -------------------------------------------------------------------------
 
-    def add(self, events: Sequence[NewEvent], now: float | None = None) -> None:
-        """Store a batch in one transaction; at the limit the oldest are dropped."""
+    def add(self, events: Sequence[NewEvent], now: float | None = None) -> list[Entry]:
+        """Store a batch in one transaction; at the limit the oldest are dropped. Returns
+        the stored entries, so the sender can take them without reading them back."""
         if not events:
-            return
+            return []
         created = time.time() if now is None else now
         with transaction(self.db):
             self.db.executemany(
@@ -155,9 +171,17 @@ class Outbox:
                     for e in events
                 ],
             )
+            # One writer holds the lock for the whole transaction, so AUTOINCREMENT gave
+            # the batch consecutive numbers ending at the last insert's.
+            last = int(self.db.execute("SELECT last_insert_rowid()").fetchone()[0])
         self._count += len(events)
         if self._count > self.max_events:
             self._drop_oldest(self._count - self.max_events, "the outbox is full")
+        first = last - len(events) + 1
+        return [
+            Entry(first + i, created, e.device, e.service, e.data, e.metadata, e.rule, 0)
+            for i, e in enumerate(events)
+        ]
 
     def add_dead_letters(
         self, items: Sequence[tuple[NewEvent, str]], now: float | None = None
