@@ -28,7 +28,7 @@ from adapter import config
 from adapter.api import Api
 from adapter.delivery import Sender
 from adapter.discovered import DiscoverySource
-from adapter.history import HistoryStore, Reading
+from adapter.history import HistoryStore, HistoryWriter, Reading
 from adapter.mapping import (
     AvailabilityChange,
     MappingError,
@@ -116,7 +116,8 @@ class Adapter:
     mqtt: MqttLink
     outbox: Outbox
     sender: Sender
-    history: HistoryStore
+    history: HistoryStore  # read by the API; written through `recorder`
+    recorder: HistoryWriter
     hand_written: MappingSet
     discovery: DiscoverySource | None = None
     replies: list[ReplyWaiter] = field(default_factory=list)
@@ -192,43 +193,48 @@ class Adapter:
         log.info("mappings reloaded: %d rules, %d command rules", len(new.rules), len(new.commands))
 
     async def forward(self) -> None:
-        """MQTT messages to outbox rows, in batches; each batch is acknowledged to the
-        broker only after it was written (at-least-once from broker to outbox)."""
+        """MQTT messages to outbox rows, in slices; each slice is acknowledged to the broker
+        only after it was written to the outbox (at-least-once from the broker on), then
+        handed to the history writer. Small slices keep the broker sending: it holds back
+        QoS 1 messages beyond its in-flight limit (Mosquitto: 20 by default) until they are
+        acknowledged."""
         while True:
             try:
                 batch = await self.mqtt.inbox.get_batch(FORWARD_BATCH)
             except anyio.EndOfStream:
                 return
-            events: list[NewEvent] = []
-            refused: list[tuple[NewEvent, str]] = []
-            readings: list[Reading] = []
-            discovered = False
-            for index, message in enumerate(batch):
-                if index and not index % FORWARD_YIELD:
-                    # Let the answers in and the freed slots refill between slices: with
-                    # CONNECTOR_INFLIGHT events in flight, the rate is that window per
-                    # round trip, and a whole batch mapped in one go stretched the round
-                    # trip to the batch's time.
-                    await anyio.lowlevel.checkpoint()
-                if self.discovery is not None and self.discovery.owns(message.topic):
-                    # Configuration, not telemetry: read whatever FORWARD_RETAINED says.
-                    self.count("discovery_messages")
-                    discovered |= self.discovery.take(message.topic, message.payload)
-                    continue
-                try:
-                    self._take(message, events, refused, readings)
-                except Exception as exc:
-                    # A bug on one message must not stop the adapter (it would come back
-                    # from the broker at every start): keep it as a dead letter, go on.
-                    self.count("internal_errors")
-                    log.exception("could not process a message on %s", message.topic)
-                    refused.append((self._raw_event(message), f"internal error: {exc!r}"))
-            self.sender.offer(self.outbox.add(events))
-            self.outbox.add_dead_letters(refused)
-            self.history.record(readings)
-            self.mqtt.ack(batch)
-            if discovered:
-                await self._apply_discovery()
+            for start in range(0, len(batch), FORWARD_SLICE):
+                await self._forward_slice(batch[start : start + FORWARD_SLICE])
+                # Let the answers in and the freed slots refill between slices: with
+                # CONNECTOR_INFLIGHT events in flight the rate is that window per round
+                # trip, and a whole batch mapped in one go stretched the round trip.
+                await anyio.lowlevel.checkpoint()
+
+    async def _forward_slice(self, messages: list[Message]) -> None:
+        events: list[NewEvent] = []
+        refused: list[tuple[NewEvent, str]] = []
+        readings: list[Reading] = []
+        discovered = False
+        for message in messages:
+            if self.discovery is not None and self.discovery.owns(message.topic):
+                # Configuration, not telemetry: read whatever FORWARD_RETAINED says.
+                self.count("discovery_messages")
+                discovered |= self.discovery.take(message.topic, message.payload)
+                continue
+            try:
+                self._take(message, events, refused, readings)
+            except Exception as exc:
+                # A bug on one message must not stop the adapter (it would come back from
+                # the broker at every start): keep it as a dead letter, go on.
+                self.count("internal_errors")
+                log.exception("could not process a message on %s", message.topic)
+                refused.append((self._raw_event(message), f"internal error: {exc!r}"))
+        self.sender.offer(self.outbox.add(events))
+        self.outbox.add_dead_letters(refused)
+        self.mqtt.ack(messages)
+        await self.recorder.put(readings)
+        if discovered:
+            await self._apply_discovery()
 
     def _take(
         self,
@@ -482,6 +488,9 @@ async def run(settings: Any, mappings: MappingSet) -> None:
         state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
     )
     history = HistoryStore(state_dir / "history.sqlite3", settings.history_retention)
+    # The writer's own connection, used only on its worker thread.
+    history_writes = HistoryStore(state_dir / "history.sqlite3", settings.history_retention)
+    recorder = HistoryWriter(history_writes)
     if len(outbox):
         log.info("resuming with %d events in the outbox", len(outbox))
     try:
@@ -495,6 +504,7 @@ async def run(settings: Any, mappings: MappingSet) -> None:
                 outbox,
                 sender,
                 history,
+                recorder,
                 hand_written,
                 discovery,
             )
@@ -503,13 +513,14 @@ async def run(settings: Any, mappings: MappingSet) -> None:
             )
             sender.on_ack = api.metrics.latency.observe
             tg.start_soon(sender.run)
-            tg.start_soon(_expire, outbox, history)
+            tg.start_soon(_expire, outbox)
             if settings.adapter_http is not None:
                 tg.start_soon(api.serve, *settings.adapter_http)
             async with anyio.create_task_group() as intake:
                 intake.start_soon(_stop_on_signal, intake)
                 intake.start_soon(mqtt.run)
                 intake.start_soon(adapter.forward)
+                intake.start_soon(recorder.run)
                 intake.start_soon(adapter.handle_commands, intake)
                 intake.start_soon(adapter.watch_mappings)
                 if discovery is not None:
@@ -530,19 +541,20 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     finally:
         outbox.close()
         history.close()
+        history_writes.close()
 
 
 FORWARD_BATCH = 256
-FORWARD_YIELD = 32  # messages mapped between two looks at the websocket
+FORWARD_SLICE = 32  # messages mapped, stored and acknowledged between looks at the websocket
 UNMAPPED_TOPICS_KEPT = 1000
 OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
 SHUTDOWN_GRACE = 5.0
 
 
-async def _expire(outbox: Outbox, history: HistoryStore) -> None:
+async def _expire(outbox: Outbox) -> None:
+    # The history's old readings are deleted by its writer (HistoryWriter).
     while True:
         outbox.expire()
-        history.expire()
         await anyio.sleep(60)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import re
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from adapter.schema import Migration, open_versioned
 from adapter.sqlitedb import transaction
@@ -77,6 +80,10 @@ class QueryError(ValueError):
 
     def as_json(self) -> dict[str, str]:
         return {"error": str(self), "parameter": self.parameter, "accepted": self.accepted}
+
+
+log = logging.getLogger("adapter.history")
+EXPIRE_EVERY = 60.0  # seconds between deletes of readings past the retention
 
 
 class UnknownDevice(LookupError):
@@ -303,3 +310,67 @@ def _device_row(row: Iterable[Any]) -> dict[str, Any]:
         "last_seen": None if last_seen is None else format_stamp(last_seen),
         "last_readings": json.loads(last_readings),
     }
+
+
+class HistoryWriter:
+    """Readings written on a worker thread, with a connection of its own, while the event
+    loop maps the next messages: the inserts and the commit release the GIL, so they run
+    beside it. Everything waiting is written in one transaction. Also deletes readings past
+    the retention.
+
+    The events themselves are in the outbox before the broker gets its acknowledgement;
+    the history follows a few milliseconds later. A shutdown writes what is waiting; only
+    a crash (kill -9, power cut) can lose those last milliseconds of the local history.
+    """
+
+    def __init__(self, store: HistoryStore, capacity: int = 64) -> None:
+        self.store = store
+        self.failures = 0
+        self._in, self._out = anyio.create_memory_object_stream[list[Reading]](capacity)
+
+    async def put(self, readings: list[Reading]) -> None:
+        """Waits when `capacity` batches are waiting: the disk holds back the intake."""
+        if readings:
+            await self._in.send(readings)
+
+    async def run(self) -> None:
+        next_expiry = time.monotonic()
+        try:
+            while True:
+                batches = []
+                with anyio.move_on_after(EXPIRE_EVERY):
+                    batches.append(await self._out.receive())
+                    batches += self._waiting()
+                expire = time.monotonic() >= next_expiry
+                if expire:
+                    next_expiry = time.monotonic() + EXPIRE_EVERY
+                await self._write([r for batch in batches for r in batch], expire)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._write([r for batch in self._waiting() for r in batch], False)
+
+    def _waiting(self) -> list[list[Reading]]:
+        batches = []
+        while True:
+            try:
+                batches.append(self._out.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return batches
+
+    async def _write(self, readings: list[Reading], expire: bool) -> None:
+        if not readings and not expire:
+            return
+        # Shielded: a shutdown waits for the write in progress.
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(self._write_now, readings, expire)
+            except Exception:
+                # The events are in the outbox already; a history that cannot be written
+                # (disk full, broken file) must not stop them.
+                self.failures += 1
+                log.exception("could not write %d readings to the history", len(readings))
+
+    def _write_now(self, readings: list[Reading], expire: bool) -> None:
+        self.store.record(readings)
+        if expire:
+            self.store.expire()
