@@ -11,6 +11,7 @@ import logging
 import secrets
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -30,6 +31,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from adapter.inbox import Inbox
 from adapter.sepl.state import write_atomically
+
+_PUBACK = struct.Struct("!BBH")  # type 4 << 4, remaining length 2, packet id
 
 log = logging.getLogger("adapter.mqtt")
 
@@ -292,9 +295,20 @@ class MqttLink:
 
     def ack(self, messages: list[Message]) -> None:
         """Acknowledge to the broker (paho's ack is thread-safe)."""
+        mids = [m.mid for m in messages if m.qos == 1]
+        queue = getattr(self._client, "_packet_queue", None)
+        if len(mids) > 1 and queue is not None:
+            # One queued packet holding every PUBACK: paho's ack() wakes its thread and
+            # writes to the socket once per message, which cost as much as mapping one.
+            # A QoS 1 PUBACK is the same four bytes in MQTT 3.1.1 and 5 (no reason code
+            # means success), and paho keeps no state for acknowledgements it sends.
+            queue(mqtt.PUBACK, b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids), mids[-1], 1)
+        else:
+            for mid in mids:
+                self._client.ack(mid, 1)
         for message in messages:
-            if message.qos:
-                self._client.ack(message.mid, message.qos)
+            if message.qos == 2:
+                self._client.ack(message.mid, 2)
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> None:
         """Publish a command. Never retained (device-conventions §3.4 item 2)."""

@@ -510,8 +510,9 @@ class Connector:
             self._in_flight += 1
             token = self._tokens.next()
             session.callbacks[token] = (deadline, functools.partial(self._answered, event))
-            payload = event_payload(uri, event.service, event.data, event.metadata)
-            frames.append(envelope.encode_request("event", token, payload))
+            frames.append(
+                envelope.encode_event_request(token, uri, event.service, event.data, event.metadata)
+            )
             tokens.append(token)
         if frames:
             try:
