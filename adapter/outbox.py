@@ -112,8 +112,18 @@ def _encode_device(device: Device) -> str:
 
 
 def _device_from(text: str) -> Device:
-    row = json.loads(text)
-    return Device(row["uri"], row["name"], row["type"], tuple(tuple(t) for t in row["tags"]))
+    device = _DEVICES.get(text)
+    if device is None:
+        if len(_DEVICES) >= _DEVICE_JSON_KEPT:
+            _DEVICES.clear()
+        row = json.loads(text)
+        tags = tuple((str(k), str(v)) for k, v in row["tags"])
+        device = _DEVICES[text] = Device(row["uri"], row["name"], row["type"], tags)
+    return device
+
+
+# Rows read back (a backlog after an outage) share one Device per distinct device.
+_DEVICES: dict[str, Device] = {}
 
 
 def _entry(row: Sequence[Any]) -> Entry:
