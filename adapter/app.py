@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -70,7 +71,9 @@ def main(args: argparse.Namespace) -> int:
     if settings.connector_tls_insecure:
         log.warning("CONNECTOR_TLS_INSECURE is set: the platform's certificate is not checked")
     try:
-        mappings = load_directory(settings.mappings_dir, settings.device_prefix)
+        mappings = load_directory(
+            settings.mappings_dir, settings.device_prefix, cache_dir=mapping_cache(settings)
+        )
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -144,7 +147,12 @@ class Adapter:
             signature = current
             try:
                 new = await anyio.to_thread.run_sync(
-                    load_directory, directory, self.settings.device_prefix
+                    functools.partial(
+                        load_directory,
+                        directory,
+                        self.settings.device_prefix,
+                        cache_dir=mapping_cache(self.settings),
+                    )
                 )
             except MappingError as exc:
                 self.count("mapping_reload_errors")
@@ -444,6 +452,11 @@ class Adapter:
 
 
 MAPPING_POLL = 0.5  # seconds between looks at the mapping directory
+
+
+def mapping_cache(settings: Any) -> Path:
+    """Compiled mapping files, reused while the files and the code are unchanged."""
+    return Path(settings.adapter_state_dir) / "mappings-cache"
 
 
 def mapping_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:

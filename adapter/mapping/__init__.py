@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adapter.mapping.compile import compile_text, load_files
+from adapter.mapping import cache
+from adapter.mapping.compile import compile_files, compile_text, gc_paused, read_files
 from adapter.mapping.mappingset import (
     AvailabilityChange,
     Mapped,
@@ -19,11 +20,56 @@ from adapter.mapping.rules import CommandRule, Rule
 from adapter.mapping.yamlsource import MappingError
 
 
-def load_directory(directory: Path, device_prefix: str = "") -> MappingSet:
+def load_directory(
+    directory: Path, device_prefix: str = "", *, cache_dir: Path | None = None
+) -> MappingSet:
     """Every *.yaml/*.yml file of a directory; two rules that precedence cannot order
-    (equal priority and specificity, overlapping topics) are an error."""
-    rules, commands, files = load_files(directory)
-    mappings = MappingSet(rules, commands, device_prefix, [str(f) for f in files])
+    (equal priority and specificity, overlapping topics) are an error.
+
+    With `cache_dir` (a directory of the adapter's own state), each file's compiled rules
+    are kept there and reused while the file and the adapter's code stay the same
+    (adapter/mapping/cache.py). Errors are never cached: broken files fail as without it."""
+    with gc_paused():
+        sources = read_files(directory)
+        files = [str(path) for path, _ in sources]
+        if cache_dir is None or not cache.enabled():
+            return _checked(MappingSet(*compile_files(sources), device_prefix, files))
+        stored = cache.load(cache_dir)
+        old = stored.entries if stored is not None else {}
+        keys = [cache.file_key(path, data) for path, data in sources]
+        checked = cache.set_key(keys, device_prefix)
+        entries: dict[bytes, bytes] = {}
+        rules: list[Rule] = []
+        commands: list[CommandRule] = []
+        compiled_any = False
+        for source, key in zip(sources, keys, strict=True):
+            blob = old.get(key)
+            compiled = cache.loads(blob) if blob is not None else None
+            if compiled is None:
+                compiled = compile_files([source])
+                compiled_any = True
+                # Pickled before MappingSet sees the rules, so nothing it derives is stored.
+                blob = cache.dumps(compiled)
+            if blob is not None:
+                entries[key] = blob
+            rules += compiled[0]
+            commands += compiled[1]
+        mappings = MappingSet(rules, commands, device_prefix, files)
+        if not compiled_any and stored is not None and stored.checked == checked:
+            # Exactly these files passed the check below with this code (the cache is
+            # written by this code only): not checked again.
+            return mappings
+        try:
+            _checked(mappings)
+        except MappingError:
+            # Each file compiled and stays useful; the set as a whole is not marked checked.
+            cache.write(cache_dir, cache.UNCHECKED, entries)
+            raise
+        cache.write(cache_dir, checked, entries)
+        return mappings
+
+
+def _checked(mappings: MappingSet) -> MappingSet:
     conflicts = mappings.conflicts()
     if conflicts:
         first = conflicts[0]
