@@ -84,6 +84,7 @@ class QueryError(ValueError):
 
 log = logging.getLogger("adapter.history")
 EXPIRE_EVERY = 60.0  # seconds between deletes of readings past the retention
+GATHER = 0.01  # seconds the writer waits for more readings before a transaction
 
 
 class UnknownDevice(LookupError):
@@ -340,6 +341,9 @@ class HistoryWriter:
                 batches = []
                 with anyio.move_on_after(EXPIRE_EVERY):
                     batches.append(await self._out.receive())
+                    # A moment to gather more: at a trickle every message was a thread
+                    # hand-off and a transaction of its own.
+                    await anyio.sleep(GATHER)
                     batches += self._waiting()
                 expire = time.monotonic() >= next_expiry
                 if expire:
