@@ -74,8 +74,15 @@ def test_readings_reach_devices_average_and_metrics(
         publish(broker.port, "tele/plug1/SENSOR", sensor(power))
     wait_until(lambda: len(events_of(sandbox, "tasmota:plug1")) == len(POWERS), 15, "4 events")
 
-    devices = http_json(f"{api}/devices")
-    plug = next(d for d in devices if d["uri"] == "tasmota:plug1")
+    def stored() -> dict[str, Any] | None:
+        # The history is written a few milliseconds after the outbox (HistoryWriter).
+        devices = http_json(f"{api}/devices")
+        plug = next((d for d in devices if d["uri"] == "tasmota:plug1"), None)
+        readings = (plug or {}).get("last_readings") or {}
+        return plug if readings.get("power") == POWERS[-1] else None
+
+    plug = wait_until(stored, 5, "the last reading in the history")
+    assert isinstance(plug, dict)
     assert plug["name"] == "Tasmota plug1" and plug["type"] == "iot#tasmota-plug"
     assert plug["last_readings"]["power"] == POWERS[-1]
     assert plug["attached"] is True and plug["quarantined"] is False
