@@ -9,6 +9,7 @@ every interval, and answers to `cmnd/<t>/POWER`, `Dimmer` and `State` on `stat/<
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import random
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
 from datetime import datetime, timedelta
@@ -140,6 +142,12 @@ class Device:
         if reason_code.is_failure:
             log.warning("%s: connection refused: %s", self.topic, reason_code)
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # A reply is one small packet: Nagle's algorithm held it up to 40 ms, waiting
+            # for the PUBACK of the previous one (real ESP firmware sends at once).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         t = self.topic
         with self.conn_lock:
             if self.stopping:

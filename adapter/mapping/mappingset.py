@@ -173,12 +173,20 @@ class MappingSet:
         cached = self._cache.get(topic)
         if cached is not None:
             return cached
-        found = []
+        found: list[tuple[Rule, dict[str, str], Device, Extractors]] = []
         for group in self._matcher.iter_match(topic):  # type: ignore[no-untyped-call]
             for rule in group:
                 values = rule.pattern.match(topic)
                 if values is not None:
                     device = rule.device.render(values, self.prefix)
+                    for _, known_values, known_device, _ in found:
+                        # The rules of one device (a Tasmota topic has several) render
+                        # equal values and devices: kept once, not once per rule (10,000
+                        # devices' topics were 15 MB of copies).
+                        if known_values == values:
+                            values = known_values
+                        if known_device == device:
+                            device = known_device
                     found.append((rule, values, device, self._extractors_of(rule)))
         found.sort(key=lambda item: item[0].specificity, reverse=True)
         if len(self._cache) >= TOPIC_CACHE_SIZE:

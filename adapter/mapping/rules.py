@@ -241,6 +241,8 @@ class DeviceTemplate:
             )
             for k, v in self.tags
         )
+        if tags == self.tags:
+            tags = self.tags  # one tuple for every device of the rule, not one each
         return Device(uri, render_template(self.name, values), self.device_type, tags)
 
 

@@ -19,7 +19,7 @@ def normalise_tag_text(text: str) -> str:
     return text.replace(":", "_").replace(";", "_").strip()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands of them live in caches
 class Device:
     uri: str
     name: str
