@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import json
 import logging
 import secrets
@@ -506,6 +507,11 @@ async def run(settings: Any, mappings: MappingSet) -> None:
     recorder = HistoryWriter(history_writes)
     if len(outbox):
         log.info("resuming with %d events in the outbox", len(outbox))
+    # What start-up made (modules, mappings, settings) lives as long as the process: out of
+    # the collector's way, or every full collection walks it (20-30 ms pauses of the loop,
+    # about three per 10 s at 1,000 messages/s).
+    gc.collect()
+    gc.freeze()
     try:
         async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
             sender = Sender(outbox, connector, settings.connector_inflight)
