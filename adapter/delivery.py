@@ -345,6 +345,11 @@ class Sender:
 
     async def _poller(self) -> None:
         # Rows can also come from `sepl-adapter deadletters replay` in another process.
+        # Only then is the outbox read again: a read every second sent the events of the
+        # moment the slow way (read back, their devices parsed) instead of as offered.
         while True:
             await anyio.sleep(POLL_INTERVAL)
-            self.notify()
+            if self.outbox.written_elsewhere():
+                self.notify()
+            else:
+                self._wake.set()  # due retries

@@ -148,6 +148,7 @@ class Outbox:
         self.dropped = 0
         self.db = open_versioned(path, MIGRATIONS, "outbox")
         self._count = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self.last_written = self.last_seq()  # the highest seq this process wrote or saw
         self._retained = self._load_retained()
 
     def close(self) -> None:
@@ -187,6 +188,7 @@ class Outbox:
         self._count += len(events)
         if self._count > self.max_events:
             self._drop_oldest(self._count - self.max_events, "the outbox is full")
+        self.last_written = last
         first = last - len(events) + 1
         return [
             Entry(first + i, created, e.device, e.service, e.data, e.metadata, e.rule, 0)
@@ -272,6 +274,18 @@ class Outbox:
             f"SELECT {COLUMNS} FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
         ).fetchall()
         return [_entry(r) for r in rows]
+
+    def last_seq(self) -> int:
+        """The highest sequence number in the outbox (0 when empty)."""
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+
+    def written_elsewhere(self) -> bool:
+        """Rows added by another process (a dead-letter replay) since the last look."""
+        last = self.last_seq()
+        if last > self.last_written:
+            self.last_written = last
+            return True
+        return False
 
     def oldest_created(self) -> float | None:
         row = self.db.execute("SELECT MIN(created) FROM outbox").fetchone()
