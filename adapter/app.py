@@ -27,7 +27,6 @@ import anyio
 from anyio.abc import TaskGroup
 
 from adapter import config
-from adapter.api import Api
 from adapter.delivery import Sender
 from adapter.discovered import DiscoverySource
 from adapter.history import HistoryStore, HistoryWriter, Reading
@@ -527,14 +526,16 @@ async def run(settings: Any, mappings: MappingSet) -> None:
                 hand_written,
                 discovery,
             )
-            api = Api(
-                adapter, settings.adapter_http_token.get() if settings.adapter_http_token else None
-            )
-            sender.on_ack = api.metrics.latency.observe
+            if settings.adapter_http is not None:
+                # Imported only to serve: aiohttp's server is 13 MB of the process.
+                from adapter.api import Api
+
+                token = settings.adapter_http_token
+                api = Api(adapter, token.get() if token else None)
+                sender.on_ack = api.metrics.latency.observe
+                tg.start_soon(api.serve, *settings.adapter_http)
             tg.start_soon(sender.run)
             tg.start_soon(_expire, outbox)
-            if settings.adapter_http is not None:
-                tg.start_soon(api.serve, *settings.adapter_http)
             async with anyio.create_task_group() as intake:
                 intake.start_soon(_stop_on_signal, intake)
                 intake.start_soon(mqtt.run)

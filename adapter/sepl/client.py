@@ -19,7 +19,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -650,6 +649,8 @@ class Connector:
         """POST the Era A registration, then the bare `update` frame (D4)."""
         url = registration_url(session.url, self.config.registration_path, https=self.config.https)
         body = legacy.registration_body(self.config.user, self.config.password, devices)
+        import aiohttp  # only the legacy dialect needs an HTTP client: 13 MB when imported
+
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout)
         try:
             async with (

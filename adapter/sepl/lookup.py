@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
-
 LOOKUP_TIMEOUT = 3.0  # the origin client's lookup timeout (Part 2 §1.2)
 
 
@@ -51,6 +49,8 @@ def registration_url(ws_url: str, path: str, *, https: bool) -> str:
 
 
 async def fetch_endpoint(lookup_url: str, *, https: bool, ssl: object = None) -> str:
+    import aiohttp  # only with CONNECTOR_LOOKUP_URL: 13 MB of the process when imported
+
     timeout = aiohttp.ClientTimeout(total=LOOKUP_TIMEOUT)
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
