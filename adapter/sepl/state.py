@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -65,11 +66,14 @@ class GatewayState:
                 else:
                     raise ValueError("not a device list of a known format version")
                 for row in rows:
+                    # Types and tags repeat across thousands of devices: one string each.
                     device = Device(
                         row["uri"],
                         row["name"],
-                        row["type"],
-                        tuple((str(k), str(v)) for k, v in row.get("tags", [])),
+                        sys.intern(row["type"]),
+                        tuple(
+                            (sys.intern(str(k)), sys.intern(str(v))) for k, v in row.get("tags", [])
+                        ),
                     )
                     self.devices[device.uri] = device
             except (ValueError, KeyError, TypeError) as exc:
