@@ -326,7 +326,6 @@ class HistoryWriter:
 
     def __init__(self, store: HistoryStore, capacity: int = 64) -> None:
         self.store = store
-        self.failures = 0
         self._in, self._out = anyio.create_memory_object_stream[list[Reading]](capacity)
 
     async def put(self, readings: list[Reading]) -> None:
@@ -350,8 +349,7 @@ class HistoryWriter:
                     next_expiry = time.monotonic() + EXPIRE_EVERY
                 await self._write([r for batch in batches for r in batch], expire)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._write([r for batch in self._waiting() for r in batch], False)
+            await self._write([r for batch in self._waiting() for r in batch], False)
 
     def _waiting(self) -> list[list[Reading]]:
         batches = []
@@ -364,14 +362,14 @@ class HistoryWriter:
     async def _write(self, readings: list[Reading], expire: bool) -> None:
         if not readings and not expire:
             return
-        # Shielded: a shutdown waits for the write in progress.
+        # Shielded: a shutdown waits for the write in progress, and the last one runs in
+        # the `finally` of a cancelled task.
         with anyio.CancelScope(shield=True):
             try:
                 await anyio.to_thread.run_sync(self._write_now, readings, expire)
             except Exception:
                 # The events are in the outbox already; a history that cannot be written
                 # (disk full, broken file) must not stop them.
-                self.failures += 1
                 log.exception("could not write %d readings to the history", len(readings))
 
     def _write_now(self, readings: list[Reading], expire: bool) -> None:

@@ -50,6 +50,15 @@ class LinkDown(ConnectorError):
     """The link dropped (or timed out) before the platform answered; try again later."""
 
 
+class NotListening(LinkDown):
+    """The platform does not listen to the device (the device sets diverged): it is put
+    again and the event sent again, once (D8)."""
+
+    def __init__(self, uri: str, message: str) -> None:
+        super().__init__(f"platform does not listen to {uri}")
+        self.message = message
+
+
 class EventRejected(ConnectorError):
     """The platform answered an event with an error status."""
 
@@ -195,7 +204,7 @@ class _Session:
         self.ws = ws
         self.url = url
         self.waiters: dict[str, _Waiter] = {}
-        # Answers handed to a callback instead of a waiting task (start_event): the
+        # Answers handed to a callback instead of a waiting task (start_events): the
         # deadline and the callback, which gets None when no answer will come.
         self.callbacks: dict[str, tuple[float, Callable[[Envelope | None], None]]] = {}
         self.closed = anyio.Event()
@@ -257,7 +266,7 @@ class _Session:
             callback(None)
 
     def expire(self, now: float) -> None:
-        """Requests of start_event not answered in time: their callbacks get None."""
+        """Requests of start_events not answered in time: their callbacks get None."""
         late = [token for token, (deadline, _) in self.callbacks.items() if deadline < now]
         for token in late:
             _, callback = self.callbacks.pop(token)
@@ -456,18 +465,16 @@ class Connector:
                 self.stats.events_acked += 1
                 return
             answer = await self._limited_request(session, "event", payload)
-            if answer.status == 200:
-                self.stats.events_acked += 1
+            failure = self._event_outcome(uri, answer)
+            if failure is None:
                 return
-            message = answer.payload if isinstance(answer.payload, str) else repr(answer.payload)
-            if answer.status == 400 and NOT_LISTENING in message and not resent:
-                # The two sides' device sets diverged: re-put once and resend (D8).
-                log.warning("platform does not listen to %s; putting it again", uri)
-                self.attached.discard(uri)
-                resent = True
-                continue
-            self.stats.events_rejected += 1
-            raise EventRejected(answer.status, message)
+            if isinstance(failure, NotListening):
+                if not resent:  # put it again (done above, it is detached now) and resend
+                    resent = True
+                    continue
+                self.stats.events_rejected += 1
+                raise EventRejected(400, failure.message)
+            raise failure
 
     async def start_events(self, events: Sequence[EventStart]) -> list[EventStart]:
         """The fast path of send_event, for attached devices on a ready link with free
@@ -527,13 +534,15 @@ class Connector:
 
     def _answered(self, event: EventStart, answer: Envelope | None) -> None:
         self._release_slot()
-        event.done(self._event_outcome(event.device.uri, answer))
-
-    def _event_outcome(self, uri: str, answer: Envelope | None) -> ConnectorError | None:
         if answer is None:
-            return LinkDown("the event was not answered")
+            event.done(LinkDown("the event was not answered"))
+            return
         # After an error answer only one request may be in flight until a 200 (D8).
         self._set_window(self.config.inflight if answer.status == 200 else 1)
+        event.done(self._event_outcome(event.device.uri, answer))
+
+    def _event_outcome(self, uri: str, answer: Envelope) -> ConnectorError | None:
+        """An event's answer, for both ways of sending: None for a 200, else the error."""
         if answer.status == 200:
             self.stats.events_acked += 1
             return None
@@ -542,7 +551,7 @@ class Connector:
             # The two sides' device sets diverged: send_event puts it again and resends (D8).
             log.warning("platform does not listen to %s; putting it again", uri)
             self.attached.discard(uri)
-            return LinkDown(f"platform does not listen to {uri}")
+            return NotListening(uri, message)
         self.stats.events_rejected += 1
         return EventRejected(answer.status, message)
 
