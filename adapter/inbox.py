@@ -68,7 +68,8 @@ class Inbox(Generic[T]):
                 self._waiter = None
         count = min(limit, len(self._items))
         batch = [self._items.popleft() for _ in range(count)]
-        self._space.set()
+        if not self._space.is_set():  # set() takes a lock and notifies: only when needed
+            self._space.set()
         return batch
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -75,6 +75,46 @@ def check_publish_topic(topic: str) -> None:
         )
 
 
+class _Client(mqtt.Client):
+    """paho reads each packet with three system calls (type, length, body) after a
+    select(), one packet per turn of its loop: under a flood that costs as much as mapping
+    the message. This client reads the socket 64 KiB at a time and hands paho its pieces,
+    and turns the loop until they are used up (so no byte waits in the buffer for a
+    select() that would not wake)."""
+
+    _READ_SIZE = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_sock: object = None
+        self._read_buf = b""
+        self._read_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_sock is not self._sock:  # a new connection: nothing carried over
+            self._read_sock, self._read_buf, self._read_pos = self._sock, b"", 0
+        pos = self._read_pos
+        if pos >= len(self._read_buf):
+            data = super()._sock_recv(max(bufsize, self._READ_SIZE))
+            if len(data) <= bufsize:
+                self._read_buf, self._read_pos = b"", 0
+                return data
+            self._read_buf, pos = data, 0
+        end = pos + bufsize
+        self._read_pos = end
+        return self._read_buf[pos:end]
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while (
+            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            and self._read_pos < len(self._read_buf)
+            and self._sock is self._read_sock
+        ):
+            rc = super().loop_read(max_packets)
+        return rc
+
+
 class MqttLink:
     def __init__(
         self,
@@ -103,7 +143,9 @@ class MqttLink:
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         v5 = s.mqtt_protocol == "5"
-        client = mqtt.Client(
+        # The buffered reader relies on paho's _sock_recv; a paho without it reads as is.
+        make = _Client if hasattr(mqtt.Client, "_sock_recv") else mqtt.Client
+        client = make(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.protocol import State
 
 from adapter.sepl import envelope, legacy
 from adapter.sepl.backoff import Backoff
@@ -32,6 +33,7 @@ from adapter.sepl.envelope import Envelope, ProtocolError
 from adapter.sepl.lookup import LookupError_, fetch_endpoint, registration_url
 from adapter.sepl.messages import Command, event_payload, parse_command, reply_payload
 from adapter.sepl.state import GatewayState
+from adapter.sepl.wsframes import FrameSplitter
 
 log = logging.getLogger("adapter.sepl")
 
@@ -109,7 +111,36 @@ class _Tokens:
 
 class _Connection(ClientConnection):
     """Writes what one send_context queued in one socket write (websockets writes each
-    frame separately), so a burst of events costs one system call."""
+    frame separately), so a burst of events costs one system call; and offers each small
+    text frame it reads to `take_text` before the general parser (wsframes.py), which
+    gets the frames `take_text` declines and all others."""
+
+    take_text: Callable[[str], bool] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._splitter: FrameSplitter | None = FrameSplitter(MAX_FRAME)
+
+    def data_received(self, data: bytes) -> None:
+        splitter = self._splitter
+        if splitter is None:
+            super().data_received(data)
+            return
+        for piece in splitter.feed(data):
+            if isinstance(piece, bytes):
+                super().data_received(piece)
+                if self.protocol.state is not State.OPEN:
+                    # Closing or failed: the general parser takes everything from here.
+                    self._splitter = None
+                    rest = splitter.rest()
+                    if rest:
+                        super().data_received(rest)
+                    return
+                continue
+            text, raw = piece
+            take = self.take_text
+            if take is None or not take(text):
+                super().data_received(raw)
 
     def send_data(self) -> None:
         chunks = self.protocol.data_to_send()
@@ -792,6 +823,8 @@ class Connector:
         session = _Session(ws, url)
         self._session = session
         self.attached = set()
+        if isinstance(ws, _Connection) and not self.legacy:
+            ws.take_text = functools.partial(self._take_answer, session)
         result = "link closed"
         try:
             async with anyio.create_task_group() as tg:
@@ -879,6 +912,23 @@ class Connector:
             pass
         finally:
             session.fail_all()
+
+    def _take_answer(self, session: _Session, text: str) -> bool:
+        """Straight from the socket (_Connection): an answer to start_events goes to its
+        callback (True); any other frame is left to the reader and _dispatch (False)."""
+        if not session.callbacks:
+            return False
+        try:
+            frame = envelope.decode_server_frame(text)
+        except ProtocolError:
+            return False  # _dispatch counts and logs it
+        if frame.handler != "response":
+            return False
+        callback = session.callbacks.pop(frame.token, None)
+        if callback is None:
+            return False
+        callback[1](frame)
+        return True
 
     def _dispatch(self, session: _Session, message: str | bytes) -> None:
         if isinstance(message, bytes):
