@@ -17,13 +17,14 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from adapter import fastjson
 from adapter.schema import Migration, open_versioned
 from adapter.sqlitedb import transaction
 
@@ -178,14 +179,17 @@ class HistoryStore:
                 with_values[uri] = item
             if item.primary and (uri not in with_primary or item.ts >= with_primary[uri].ts):
                 with_primary[uri] = item
-        latest = {
-            uri: replace(
-                item,
-                values=with_values[uri].values if uri in with_values else item.values,
-                primary=with_primary[uri].primary if uri in with_primary else item.primary,
+        latest = [
+            (
+                uri,
+                item.name,
+                item.device_type,
+                with_primary.get(uri, item).primary,
+                item.ts,
+                fastjson.dumps_text(with_values.get(uri, item).values),
             )
             for uri, item in newest.items()
-        }
+        ]
         with transaction(self.db):
             self.db.executemany(
                 "INSERT INTO readings (device, name, ts, value) VALUES (?,?,?,?)",
@@ -201,10 +205,7 @@ class HistoryStore:
                 " last_readings = CASE WHEN excluded.last_readings = '{}'"
                 " OR excluded.last_seen < last_seen THEN last_readings"
                 " ELSE excluded.last_readings END",
-                [
-                    (r.device, r.name, r.device_type, r.primary, r.ts, json.dumps(r.values))
-                    for r in latest.values()
-                ],
+                latest,
             )
 
     def expire(self, now: float | None = None) -> int:

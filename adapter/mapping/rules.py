@@ -11,6 +11,7 @@ from datetime import UTC, datetime, tzinfo
 from math import isfinite
 from typing import Any
 
+from adapter import fastjson
 from adapter.mapping.paths import Search, compile_search
 from adapter.sepl.device import Device, normalise_tag_text
 from adapter.topic import TopicPattern, render_template, template_regex
@@ -63,17 +64,19 @@ def decode_payload(kind: str, payload: bytes) -> Any:
     """The payload as the rule's conditions and readings see it."""
     if kind == "raw":
         return payload
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError("payload is not valid UTF-8") from None
     if kind == "json":
         try:
-            return json.loads(text)
+            return fastjson.loads(payload)
+        except UnicodeDecodeError:
+            raise DecodeError("payload is not valid UTF-8") from None
         except ValueError as exc:
             raise DecodeError(f"payload is not JSON: {exc}") from None
         except RecursionError:
             raise DecodeError("payload is JSON nested too deeply to read") from None
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("payload is not valid UTF-8") from None
     if kind == "number":
         number = as_number(text)
         if number is None:

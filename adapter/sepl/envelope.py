@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from adapter import fastjson
+
 CREDENTIALS_TOKEN = "credentials"
 CLIENT_HANDLERS = frozenset({"clear", "put", "disconnect", "delete", "commit", "event", "response"})
 SERVER_HANDLERS = frozenset({"response", "command"})
@@ -207,7 +209,7 @@ def encode_command(command: dict[str, Any]) -> str:
 
 def _json_object(text: str | bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(text)
+        obj = fastjson.loads_text(text) if isinstance(text, str) else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
     except RecursionError:  # e.g. "[[[[…" nested deeper than the interpreter's stack
