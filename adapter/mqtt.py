@@ -15,10 +15,10 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.from_thread
@@ -42,8 +42,7 @@ class PublishRefused(ValueError):
     discovery configs (an empty one deletes the device) and HA's birth topic."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):  # one per message: a tuple is the cheapest to make
     topic: str
     payload: bytes
     qos: int
@@ -103,6 +102,29 @@ class _Client(mqtt.Client):
         end = pos + bufsize
         self._read_pos = end
         return self._read_buf[pos:end]
+
+    # QoS 0 and 1 PUBLISH packets of MQTT 3.1.1 go straight to this callback (topic
+    # bytes, payload, qos, retain, packet id), without paho's message objects (a Condition
+    # each), callback lookup and logging; QoS 2 and MQTT 5 (properties, topic aliases)
+    # take paho's way to on_message.
+    take_publish: Callable[[bytes, bytes, int, bool, int], None] | None = None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        take = self.take_publish
+        command = self._in_packet["command"]
+        qos = (command >> 1) & 3
+        if take is not None and qos < 2 and self._protocol != MQTTProtocolVersion.MQTTv5:
+            packet = bytes(self._in_packet["packet"])  # paho collects it in a bytearray
+            end = 2 + ((packet[0] << 8) | packet[1]) if len(packet) >= 2 else 0
+            if 2 < end <= len(packet) - 2 * qos:  # else paho reports it malformed
+                retain = bool(command & 1)
+                if qos:
+                    mid = (packet[end] << 8) | packet[end + 1]
+                    take(packet[2:end], packet[end + 2 :], 1, retain, mid)
+                else:
+                    take(packet[2:end], packet[end:], 0, retain, 0)
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._handle_publish()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
@@ -171,6 +193,8 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
+        if isinstance(client, _Client):
+            client.take_publish = self._take_publish
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -285,19 +309,30 @@ class MqttLink:
         return f"{scheme}://{self.settings.mqtt_host}:{self.settings.mqtt_port}"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.received += 1
         try:
-            topic = msg.topic
+            topic: str | None = msg.topic
         except UnicodeDecodeError:
+            topic = None
+        self._accept(topic, bytes(msg.payload), msg.qos, msg.retain, msg.mid)
+
+    def _take_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool, mid: int) -> None:
+        """_Client's way for QoS 0/1 PUBLISH packets of MQTT 3.1.1."""
+        try:
+            text: str | None = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        self._accept(text, payload, qos, retain, mid)
+
+    def _accept(self, topic: str | None, payload: bytes, qos: int, retain: bool, mid: int) -> None:
+        self.received += 1
+        if topic is None:
             self.undecodable += 1
             log.warning("dropping a message whose topic is not valid UTF-8")
-            if msg.qos:
-                client.ack(msg.mid, msg.qos)
+            if qos:
+                self._client.ack(mid, qos)
             return
-        message = Message(
-            topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC), msg.mid
-        )
-        self.inbox.put(message)  # False when shutting down: then it stays unacknowledged
+        # put() is False when shutting down: the message then stays unacknowledged.
+        self.inbox.put(Message(topic, payload, qos, retain, datetime.now(UTC), mid))
 
     # --- anyio side ----------------------------------------------------------------------
 
