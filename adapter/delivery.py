@@ -4,7 +4,6 @@ breaker so one poison device cannot spend the session's error budget."""
 
 from __future__ import annotations
 
-import functools
 import heapq
 import logging
 import time
@@ -20,7 +19,6 @@ from adapter.sepl.client import (
     ConnectorError,
     DeviceQuarantined,
     EventRejected,
-    EventStart,
     LinkDown,
 )
 
@@ -154,17 +152,9 @@ class Sender:
             batch = [self._take(entry)]
             while self._free and (more := self._next_nowait(time.monotonic())) is not None:
                 batch.append(self._take(more))
-            starts = [
-                EventStart(
-                    e.device, e.service, e.data, e.metadata, functools.partial(self._answered, e)
-                )
-                for e in batch
-            ]
-            rest = await self.connector.start_events(starts)
-            if rest:  # not attached yet, link down, window narrowed: the slow way
-                entries = {id(start): e for start, e in zip(starts, batch, strict=True)}
-                for start in rest:
-                    tg.start_soon(self._deliver, entries[id(start)], None)
+            rest = await self.connector.start_events(batch, self._answered)
+            for entry in rest:  # not attached yet, link down, window narrowed: the slow way
+                tg.start_soon(self._deliver, entry, None)
 
     def _take(self, entry: Entry) -> Entry:
         self._free -= 1

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from adapter.sandbox.platform import Platform
 from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.backoff import Backoff
+from adapter.sepl.client import _Tokens
 from adapter.sepl.device import (
     EMPTY_GATEWAY_HASH,
     Device,
@@ -1127,3 +1129,13 @@ def test_write_atomically_cleans_up_after_a_failed_rename(
         write_atomically(target, "new\n")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["gid"]
+
+
+def test_request_tokens_are_distinct_uuid4_strings() -> None:
+    tokens = _Tokens()
+    made = [tokens.next() for _ in range(5000)]  # several pools of entropy
+    assert len(set(made)) == len(made)
+    for token in made:
+        parsed = uuid.UUID(token)
+        assert str(parsed) == token
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -20,7 +20,6 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from adapter.devbroker import free_port
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
-from adapter.sepl.client import EventStart
 from adapter.sepl.envelope import encode_command, encode_response
 from adapter.sepl.messages import build_command
 from adapter.sepl.wsframes import FrameSplitter
@@ -129,6 +128,13 @@ def anyio_backend() -> str:
 DEVICE = Device.create("test:plug", "Plug", "iot#tasmota-plug")
 
 
+class Event(NamedTuple):
+    device: Device
+    service: str
+    data: str
+    metadata: str
+
+
 class Peer:
     """A platform that answers every request 200 and, after the `trigger`-th event, sends
     a fragmented command, a ping and an answer with an unknown token first."""
@@ -181,6 +187,12 @@ async def test_event_answers_commands_and_control_frames_mixed(
 ) -> None:
     peer = Peer(trigger=7)
     outcomes: list[ConnectorError | None] = []
+    answered: list[Event] = []
+
+    def done(event: Event, outcome: ConnectorError | None) -> None:
+        answered.append(event)
+        outcomes.append(outcome)
+
     async with platform(peer, compression) as url:
         config = ConnectorConfig(url=url, state_dir=tmp_path, request_timeout=5)
         async with Connector(config) as connector:
@@ -199,13 +211,11 @@ async def test_event_answers_commands_and_control_frames_mixed(
                 return False
 
             session.ws.take_text = counting  # type: ignore[attr-defined]
-            events = [
-                EventStart(DEVICE, "sepl_get", f'{{"n":{n}}}', "{}", outcomes.append)
-                for n in range(20)
-            ]
-            rest: list[EventStart] = []
+            events = [(DEVICE, "sepl_get", f'{{"n":{n}}}', "{}") for n in range(20)]
+            sent = [Event(*fields) for fields in events]
+            rest: list[Event] = []
             for start in range(0, 20, 5):  # several bursts, all within the window
-                rest += await connector.start_events(events[start : start + 5])
+                rest += await connector.start_events(sent[start : start + 5], done)
             assert rest == []
             with anyio.fail_after(10):
                 command = await anext(connector.commands())
@@ -213,6 +223,7 @@ async def test_event_answers_commands_and_control_frames_mixed(
                     await anyio.sleep(0.01)
             assert command.device_uri == DEVICE.uri and command.data == '{"power":"ON"}'
             assert outcomes == [None] * 20
+            assert sorted(answered, key=lambda e: e.data) == sorted(sent, key=lambda e: e.data)
             assert connector.stats.events_acked == 20
             assert connector.stats.unmatched_answers == 1
             assert connector.stats.malformed_frames == 0

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -82,31 +82,48 @@ class DeviceQuarantined(ConnectorError):
     """The platform refused to `put` this device (D8); no event is sent for it."""
 
 
-@dataclass(frozen=True, slots=True)
-class EventStart:
-    """An event for start_events, and what to call with its outcome."""
+class OutgoingEvent(Protocol):
+    """An event for start_events: any object with these attributes (the adapter passes
+    its outbox entries as they are)."""
 
-    device: Device
-    service: str
-    data: str
-    metadata: str
-    done: Callable[[ConnectorError | None], None]
+    @property
+    def device(self) -> Device: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def data(self) -> str: ...
+    @property
+    def metadata(self) -> str: ...
+
+
+E = TypeVar("E", bound=OutgoingEvent)
+# What start_events calls once per event: None for a 200, else the error send_event raises.
+EventDone = Callable[[Any, "ConnectorError | None"], None]
 
 
 class _Tokens:
     """Fresh uuid4 strings (Part 2 §2.3) from entropy read in bulk: one system call per
-    256 tokens instead of one per request."""
+    256 tokens instead of one per request, and formatted from hex without a UUID object
+    (which cost more than the event's frame)."""
 
     def __init__(self) -> None:
-        self._pool = b""
+        self._hex = ""
         self._at = 0
 
     def next(self) -> str:
-        if self._at >= len(self._pool):
-            self._pool, self._at = os.urandom(16 * 256), 0
-        chunk = self._pool[self._at : self._at + 16]
-        self._at += 16
-        return str(uuid.UUID(bytes=chunk, version=4))
+        at = self._at
+        if at >= len(self._hex):
+            self._hex, at = os.urandom(16 * 256).hex(), 0
+        self._at = at + 32
+        h = self._hex
+        # Version 4 in the 13th digit, variant 10xx in the 17th (RFC 9562 §5.4).
+        return (
+            f"{h[at : at + 8]}-{h[at + 8 : at + 12]}-4{h[at + 13 : at + 16]}-"
+            f"{_VARIANT[h[at + 16]]}{h[at + 17 : at + 20]}-{h[at + 20 : at + 32]}"
+        )
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 class _Connection(ClientConnection):
@@ -231,13 +248,20 @@ class _Waiter:
 class _Session:
     """One open websocket: correlation of answers to requests by token."""
 
-    def __init__(self, ws: ClientConnection, url: str) -> None:
+    def __init__(
+        self,
+        ws: ClientConnection,
+        url: str,
+        answered: Callable[[Any, EventDone, Envelope | None], None],
+    ) -> None:
         self.ws = ws
         self.url = url
         self.waiters: dict[str, _Waiter] = {}
-        # Answers handed to a callback instead of a waiting task (start_events): the
-        # deadline and the callback, which gets None when no answer will come.
-        self.callbacks: dict[str, tuple[float, Callable[[Envelope | None], None]]] = {}
+        # Answers handed to a callback instead of a waiting task (start_events): per
+        # token the deadline, the event and its done; `answered` gets each with the answer,
+        # or None when no answer will come.
+        self.callbacks: dict[str, tuple[float, Any, EventDone]] = {}
+        self.answered = answered
         self.closed = anyio.Event()
 
     async def request(self, handler: str, payload: Any, timeout: float, **kw: Any) -> Envelope:
@@ -260,9 +284,9 @@ class _Session:
             self.waiters.pop(token, None)
 
     def resolve(self, answer: Envelope) -> bool:
-        callback = self.callbacks.pop(answer.token, None)
-        if callback is not None:
-            callback[1](answer)
+        pending = self.callbacks.pop(answer.token, None)
+        if pending is not None:
+            self.answered(pending[1], pending[2], answer)
             return True
         waiter = self.waiters.get(answer.token)
         if waiter is None:
@@ -293,15 +317,15 @@ class _Session:
         for waiter in self.waiters.values():
             waiter.done.set()
         callbacks, self.callbacks = self.callbacks, {}
-        for _, callback in callbacks.values():
-            callback(None)
+        for _, event, done in callbacks.values():
+            self.answered(event, done, None)
 
     def expire(self, now: float) -> None:
         """Requests of start_events not answered in time: their callbacks get None."""
-        late = [token for token, (deadline, _) in self.callbacks.items() if deadline < now]
+        late = [token for token, pending in self.callbacks.items() if pending[0] < now]
         for token in late:
-            _, callback = self.callbacks.pop(token)
-            callback(None)
+            _, event, done = self.callbacks.pop(token)
+            self.answered(event, done, None)
 
 
 @dataclass
@@ -507,13 +531,13 @@ class Connector:
                 raise EventRejected(400, failure.message)
             raise failure
 
-    async def start_events(self, events: Sequence[EventStart]) -> list[EventStart]:
+    async def start_events(self, events: Sequence[E], done: EventDone) -> list[E]:
         """The fast path of send_event, for attached devices on a ready link with free
         slots: sends the events in one socket write and returns without waiting for the
-        answers; each one's `done` is called exactly once, with None for a 200 or with the
-        error send_event would have raised (LinkDown: not answered, send it again).
-        Returns the events it did not send (device not attached or changed, window full,
-        link down): those go through send_event.
+        answers; `done(event, outcome)` is called exactly once per event sent, with None
+        for a 200 or with the error send_event would have raised (LinkDown: not answered,
+        send it again). Returns the events it did not send (device not attached or
+        changed, window full, link down): those go through send_event.
 
         A task per event waiting for its answer, and a system call per frame, cost more
         than the rest of the delivery.
@@ -527,7 +551,7 @@ class Connector:
             or self._slot_waiters  # those waiting for a slot go first (arrival order)
         ):
             return list(events)
-        rest: list[EventStart] = []
+        rest: list[E] = []
         frames: list[str] = []
         tokens: list[str] = []
         deadline = time.monotonic() + self.config.request_timeout
@@ -535,18 +559,22 @@ class Connector:
         for event in events:
             device = event.device
             uri = device.uri
-            known = managed.get(uri)
             if (
                 self._in_flight >= self._window
                 or uri not in self.attached
                 or uri in self.quarantined
-                or (known is not device and known != device)
             ):
                 rest.append(event)
                 continue
+            known = managed.get(uri)
+            if known is not device:
+                if known != device:
+                    rest.append(event)
+                    continue
+                managed[uri] = device  # the same device: the next events compare by identity
             self._in_flight += 1
             token = self._tokens.next()
-            session.callbacks[token] = (deadline, functools.partial(self._answered, event))
+            session.callbacks[token] = (deadline, event, done)
             frames.append(
                 envelope.encode_event_request(token, uri, event.service, event.data, event.metadata)
             )
@@ -558,19 +586,19 @@ class Connector:
                 # Closing fails every callback (fail_all); those it has not reached yet
                 # are failed here.
                 for token in tokens:
-                    callback = session.callbacks.pop(token, None)
-                    if callback is not None:
-                        callback[1](None)
+                    pending = session.callbacks.pop(token, None)
+                    if pending is not None:
+                        self._answered(pending[1], pending[2], None)
         return rest
 
-    def _answered(self, event: EventStart, answer: Envelope | None) -> None:
+    def _answered(self, event: OutgoingEvent, done: EventDone, answer: Envelope | None) -> None:
         self._release_slot()
         if answer is None:
-            event.done(LinkDown("the event was not answered"))
+            done(event, LinkDown("the event was not answered"))
             return
         # After an error answer only one request may be in flight until a 200 (D8).
         self._set_window(self.config.inflight if answer.status == 200 else 1)
-        event.done(self._event_outcome(event.device.uri, answer))
+        done(event, self._event_outcome(event.device.uri, answer))
 
     def _event_outcome(self, uri: str, answer: Envelope) -> ConnectorError | None:
         """An event's answer, for both ways of sending: None for a 200, else the error."""
@@ -820,7 +848,7 @@ class Connector:
         else:
             gid, server_hash = await self._handshake(ws)
         self.stats.connects += 1
-        session = _Session(ws, url)
+        session = _Session(ws, url, self._answered)
         self._session = session
         self.attached = set()
         if isinstance(ws, _Connection) and not self.legacy:
@@ -924,10 +952,10 @@ class Connector:
             return False  # _dispatch counts and logs it
         if frame.handler != "response":
             return False
-        callback = session.callbacks.pop(frame.token, None)
-        if callback is None:
+        pending = session.callbacks.pop(frame.token, None)
+        if pending is None:
             return False
-        callback[1](frame)
+        self._answered(pending[1], pending[2], frame)
         return True
 
     def _dispatch(self, session: _Session, message: str | bytes) -> None:
