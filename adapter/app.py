@@ -41,7 +41,7 @@ from adapter.mapping import (
 from adapter.mqtt import Message, MqttLink, PublishRefused, stable_client_id
 from adapter.outbox import NewEvent, Outbox
 from adapter.sepl import Command, Connector, ConnectorConfig, ConnectorError, Device
-from adapter.sepl.messages import event_metadata, format_time, payload_text, to_millis
+from adapter.sepl.messages import event_metadata, format_time, millis_timestamp, payload_text
 from adapter.topic import TopicPattern
 
 log = logging.getLogger("adapter")
@@ -297,7 +297,7 @@ class Adapter:
                 # same instant, so the adapter's and the sandbox's averages agree exactly.
                 Reading(
                     device.uri,
-                    to_millis(outcome.time).timestamp(),
+                    millis_timestamp(outcome.time),
                     outcome.readings,
                     outcome.rule.primary,
                     device.name,

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -76,8 +75,7 @@ class Entry(NamedTuple):
         return self.device.uri
 
 
-@dataclass(frozen=True)
-class NewEvent:
+class NewEvent(NamedTuple):  # one per message: a tuple is the cheapest to make
     device: Device
     service: str
     data: str

@@ -977,3 +977,22 @@ async def test_http_unknown_device(client: HttpClient) -> None:
         assert answer.content_type == "application/json"
         body = await answer.json()
         assert device in body["error"]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=8))
+def test_stored_values_are_the_readings_bit_for_bit(values: list[float]) -> None:
+    """The writer hands SQLite each message's readings as JSON (json_each): what SQLite
+    reads back must be the very floats, or the averages drift from the platform's."""
+    history = HistoryStore(":memory:")
+    try:
+        readings = {f"r{i}": value for i, value in enumerate(values)}
+        history.record([Reading("dev", 1000.0, readings)])
+        stored = history.db.execute("SELECT name, value FROM readings ORDER BY rowid").fetchall()
+        # Equal as floats, so bit for bit but for the sign of a zero (which SQLite's REAL
+        # storage drops for bound parameters too).
+        assert [(name, value.hex()) for name, value in stored] == [
+            (name, (value + 0.0).hex()) for name, value in readings.items()
+        ]
+    finally:
+        history.close()

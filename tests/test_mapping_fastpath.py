@@ -31,7 +31,13 @@ from adapter.mapping.compile import compile_path
 from adapter.mapping.paths import compile_search, is_false
 from adapter.mapping.rules import DecodeError, Rule, as_number, decode_payload
 from adapter.sepl import messages
-from adapter.sepl.messages import event_metadata, format_time, payload_text, to_millis
+from adapter.sepl.messages import (
+    event_metadata,
+    format_time,
+    millis_timestamp,
+    payload_text,
+    to_millis,
+)
 from adapter.topic import placeholders, render_template, template_regex
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
@@ -443,6 +449,7 @@ def test_format_time_and_to_millis_equal_the_former_code(moment: datetime) -> No
     expected = reference_to_millis(moment)
     assert (cut, cut.tzinfo, cut.fold) == (expected, expected.tzinfo, expected.fold)
     assert format_time(cut) == format_time(moment)
+    assert millis_timestamp(moment) == expected.timestamp()
 
 
 def test_format_time_keeps_a_bounded_cache(monkeypatch: pytest.MonkeyPatch) -> None:

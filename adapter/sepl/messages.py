@@ -6,7 +6,7 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapter.sepl.envelope import ProtocolError
@@ -40,6 +40,18 @@ def to_millis(moment: datetime) -> datetime:
     cut = moment.microsecond % 1000
     # Datetimes are immutable: a moment already on a millisecond is its own answer.
     return moment if cut == 0 else moment.replace(microsecond=moment.microsecond - cut)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def millis_timestamp(moment: datetime) -> float:
+    """`to_millis(moment).timestamp()` (the same float: both divide the same integer
+    exactly), without building the cut datetime."""
+    if moment.tzinfo is None:  # local time: only timestamp() knows the zone's rules
+        return to_millis(moment).timestamp()
+    return ((moment - _EPOCH) // _MILLISECOND) / 1000
 
 
 def payload_text(payload: bytes) -> tuple[str, str | None]:
