@@ -34,14 +34,24 @@ def main() -> None:
         began = time.perf_counter()
         for i in range(0, READINGS, 10_000):
             store.record(rows[i : i + 10_000])
+        store.fold()  # what the store does within FOLD_EVERY seconds
         insert = time.perf_counter() - began
 
         query = parse_query({"granularity": "hour", "time_window": "720h"})
-        timings = []
-        for _ in range(5):
-            began = time.perf_counter()
-            result = store.average("tasmota:bench", query, now)
-            timings.append(time.perf_counter() - began)
+
+        def best_of_5() -> tuple[float, list[dict[str, object]]]:
+            timings = []
+            for _ in range(5):
+                began = time.perf_counter()
+                result = store.average("tasmota:bench", query, now)
+                timings.append(time.perf_counter() - began)
+            return min(timings), result
+
+        best, result = best_of_5()
+        # A device that is sending: its newest readings are still staged (the last
+        # FOLD_EVERY seconds), and the query reads both tables in the index's order.
+        store.record([Reading("tasmota:bench", now - 1, {"power": 1.0}, "power")])
+        staged_best, _ = best_of_5()
         store.close()
 
     began = time.perf_counter()
@@ -53,12 +63,12 @@ def main() -> None:
         entry[1] += 1
     baseline = time.perf_counter() - began
 
-    best = min(timings)
     report = {
         "readings": READINGS,
         "buckets": len(result),
         "insert_s": round(insert, 3),
         "hourly_average_s": round(best, 4),
+        "hourly_average_with_staged_s": round(staged_best, 4),
         "python_baseline_s": round(baseline, 4),
         "ratio_to_baseline": round(best / baseline, 3),
         "revision": subprocess.run(
@@ -69,8 +79,8 @@ def main() -> None:
     print(
         f"hourly average over {READINGS:,} readings: {best * 1000:.0f} ms "
         f"({len(result)} buckets; best of 5), a Python loop over the same rows: "
-        f"{baseline * 1000:.0f} ms (ratio {report['ratio_to_baseline']}); "
-        f"writing them took {insert:.1f} s"
+        f"{baseline * 1000:.0f} ms (ratio {report['ratio_to_baseline']}); with the newest "
+        f"readings not folded yet: {staged_best * 1000:.0f} ms; writing them took {insert:.1f} s"
     )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"history-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -1177,6 +1177,11 @@ def table(results: dict[str, Any], s: Settings) -> list[str]:
             (hist.get("python_baseline_s") or 0) * 1000,
             hist.get("ratio_to_baseline"),
         )
+        if hist.get("hourly_average_with_staged_s") is not None:
+            row(
+                "  the same with the newest readings not folded yet: ms",
+                hist["hourly_average_with_staged_s"] * 1000,
+            )
         if "error" in h["match"]:
             row("  bench.match: FAILED (see the JSON)", None)
         for m in h["match"].get("rows", []):

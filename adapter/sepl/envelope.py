@@ -24,13 +24,25 @@ class ProtocolError(ValueError):
     """A frame that breaks a rule of the protocol; the message names the rule."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Envelope:
     status: int
     handler: str
     token: str
     content_type: str
     payload: Any
+
+    def __init__(
+        self, status: int, handler: str, token: str, content_type: str, payload: Any
+    ) -> None:
+        # One per answer: a frozen dataclass's own __init__ sets each field through
+        # object.__setattr__, three times the cost of filling the instance dict.
+        fields = self.__dict__
+        fields["status"] = status
+        fields["handler"] = handler
+        fields["token"] = token
+        fields["content_type"] = content_type
+        fields["payload"] = payload
 
 
 # --- client side -------------------------------------------------------------------------
