@@ -377,7 +377,10 @@ class HistoryWriter:
     a crash (kill -9, power cut) can lose those last milliseconds of the local history.
     """
 
-    def __init__(self, store: HistoryStore, capacity: int = 64) -> None:
+    # Room for the batches that arrive while the store moves staged readings into the
+    # index (fold: up to a few hundred ms with thousands of devices), so the intake does
+    # not stall behind it.
+    def __init__(self, store: HistoryStore, capacity: int = 256) -> None:
         self.store = store
         self._in, self._out = anyio.create_memory_object_stream[list[Reading]](capacity)
 
