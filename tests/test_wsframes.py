@@ -17,9 +17,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+from websockets.uri import parse_uri
 
 from adapter.devbroker import free_port
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
+from adapter.sepl.client import _Connection
 from adapter.sepl.envelope import encode_command, encode_response
 from adapter.sepl.messages import build_command
 from adapter.sepl.wsframes import FrameSplitter
@@ -29,6 +34,7 @@ HTTP = (
     b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
 )
 MAX_TEXT = 300
+WS_URI = parse_uri("ws://127.0.0.1:1/")
 
 
 def frame(first: int, payload: bytes, mask: bytes | None = None) -> bytes:
@@ -266,3 +272,19 @@ async def test_a_close_from_the_peer_still_ends_the_session(tmp_path: Path) -> N
                     await anyio.sleep(0.01)
             await connector.send_event(DEVICE, "sepl_get", "{}", "{}")
             assert connector.stats.connects == 2
+
+
+@given(st.lists(st.text(max_size=300) | st.sampled_from(["x" * 70_000, "é" * 40]), max_size=6))
+def test_frames_built_for_sending_are_what_a_server_reads(texts: list[str]) -> None:
+    """queue_texts writes client frames itself (masked with bulk entropy): a websockets
+    server protocol reads them back as the same messages, each with its own mask."""
+    client = _Connection.__new__(_Connection)  # only the frame builder: no connection
+    client._outgoing, client._masks, client._mask_at = [], b"", 0
+    client.protocol = ClientProtocol(WS_URI)
+    assert client.queue_texts(texts)
+    server = Protocol(Side.SERVER, state=State.OPEN, max_size=None)
+    server.receive_data(b"".join(client._outgoing))
+    frames = server.events_received()
+    assert all(isinstance(frame, Frame) and frame.opcode is Opcode.TEXT for frame in frames)
+    assert [bytes(frame.data).decode() for frame in frames if isinstance(frame, Frame)] == texts
+    assert all(raw[1] & 0x80 for raw in client._outgoing)  # every client frame masked

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import ssl
+import struct
 import time
 import uuid
 from collections import deque
@@ -35,12 +36,19 @@ from adapter.sepl.messages import Command, event_payload, parse_command, reply_p
 from adapter.sepl.state import GatewayState
 from adapter.sepl.wsframes import FrameSplitter
 
+try:  # websockets' C extension, as its own frames use; its pure-Python twin otherwise
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+
 log = logging.getLogger("adapter.sepl")
 
 HANDSHAKE_TIMEOUT = 20.0  # v3/v4 client requirement (Part 2 §2.6 step 7)
 SYNC_MIN_TIMEOUT = 35.0  # the platform may retry internally for 30 s (D6, Part 2 §8.10)
 COMMIT_DEBOUNCE = 0.3  # one commit for a burst of new devices (D8)
 MAX_FRAME = 16 * 1024 * 1024
+_HEAD_16 = struct.Struct("!BBH")  # FIN+text, MASK+126, 16-bit length
+_HEAD_64 = struct.Struct("!BBQ")  # FIN+text, MASK+127, 64-bit length
 NOT_LISTENING = "not listen to this device"
 
 
@@ -137,6 +145,35 @@ class _Connection(ClientConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._splitter: FrameSplitter | None = FrameSplitter(MAX_FRAME)
+        self._outgoing: list[bytes] = []  # frames built by queue_texts, for send_data
+        self._masks = b""
+        self._mask_at = 0
+
+    def queue_texts(self, texts: Sequence[str]) -> bool:
+        """Client text frames (RFC 6455 §5.2-5.3) built here rather than by the protocol,
+        which makes a Frame object and reads the kernel's entropy for every frame's mask;
+        written by the next send_data. Call inside send_context. False when an extension
+        (permessage-deflate) has to encode them: then nothing was queued."""
+        if self.protocol.extensions:
+            return False
+        out = self._outgoing
+        masks, at = self._masks, self._mask_at
+        for text in texts:
+            if at >= len(masks):
+                masks, at = os.urandom(4 * 1024), 0  # unpredictable masks, read in bulk
+            mask = masks[at : at + 4]
+            at += 4
+            payload = text.encode()
+            size = len(payload)
+            if size < 126:
+                head = bytes((0x81, 0x80 | size))
+            elif size < 65536:
+                head = _HEAD_16.pack(0x81, 0xFE, size)
+            else:
+                head = _HEAD_64.pack(0x81, 0xFF, size)
+            out.append(head + mask + apply_mask(payload, mask))
+        self._masks, self._mask_at = masks, at
+        return True
 
     def data_received(self, data: bytes) -> None:
         splitter = self._splitter
@@ -161,6 +198,8 @@ class _Connection(ClientConnection):
 
     def send_data(self) -> None:
         chunks = self.protocol.data_to_send()
+        if self._outgoing:
+            chunks, self._outgoing = self._outgoing + chunks, []
         if all(chunks):
             if chunks:
                 self.transport.write(b"".join(chunks))
@@ -300,8 +339,9 @@ class _Session:
         ws = self.ws
         try:
             async with ws.send_context():
-                for frame in frames:
-                    ws.protocol.send_text(frame.encode())
+                if not (isinstance(ws, _Connection) and ws.queue_texts(frames)):
+                    for frame in frames:
+                        ws.protocol.send_text(frame.encode())
         except ConnectionClosed:
             raise LinkDown("link closed while sending") from None
 
