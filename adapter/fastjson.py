@@ -37,12 +37,7 @@ def loads_text(text: str) -> Any:
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: only json reads those
         return json.loads(text)
-    if _LONG_RUN not in data.translate(_DIGITS_TO_NINES):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(text)
+    return loads(data)  # its fallback decodes `data` back to `text` exactly
 
 
 def dumps_text(value: Any) -> str:

@@ -982,21 +982,14 @@ class Connector:
             session.fail_all()
 
     def _take_answer(self, session: _Session, text: str) -> bool:
-        """Straight from the socket (_Connection): an answer to start_events goes to its
-        callback (True); any other frame is left to the reader and _dispatch (False)."""
-        if not session.callbacks:
-            return False
+        """Straight from the socket (_Connection): an answer to a request goes to its
+        callback or waiter (True); any other frame is left to the reader and _dispatch,
+        which counts and logs what is unknown or malformed (False)."""
         try:
             frame = envelope.decode_server_frame(text)
         except ProtocolError:
-            return False  # _dispatch counts and logs it
-        if frame.handler != "response":
             return False
-        pending = session.callbacks.pop(frame.token, None)
-        if pending is None:
-            return False
-        self._answered(pending[1], pending[2], frame)
-        return True
+        return frame.handler == "response" and session.resolve(frame)
 
     def _dispatch(self, session: _Session, message: str | bytes) -> None:
         if isinstance(message, bytes):
