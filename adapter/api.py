@@ -1,25 +1,25 @@
-"""The adapter's local HTTP API (aiohttp): devices, the average query, health, metrics."""
+"""The adapter's local HTTP API: devices, the average query, health, metrics and the status
+page, served by adapter/httpserver.py."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
-import anyio
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
-
-from adapter.history import QueryError, UnknownDevice, parse_query
+from adapter import httpserver
+from adapter.history import average_answer
+from adapter.httpserver import Request, Response, Router, error_response, json_response
 from adapter.mapping.report import explain_result
-from adapter.web import add_status_page
+from adapter.web import TOKEN_COOKIE, Answer, assets, cookie_authorization, login_answer
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
     from adapter.app import Adapter
 
 log = logging.getLogger("adapter.api")
@@ -27,24 +27,58 @@ log = logging.getLogger("adapter.api")
 PLATFORM_DOWN_LIMIT = 60.0  # /healthz answers 503 once the platform link is down this long
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+class Latency:
+    """Event latencies, counted into the histogram's buckets as they come."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: above every bound
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # `le`: bound included
+        self.sum += seconds
+
+    def family(self) -> Metric:
+        """What prometheus_client's Histogram with these buckets would expose."""
+        from prometheus_client.core import HistogramMetricFamily
+        from prometheus_client.utils import floatToGoString
+
+        cumulative, buckets = 0, []
+        for bound, count in zip([*LATENCY_BUCKETS, float("inf")], self.counts, strict=True):
+            cumulative += count
+            le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+            buckets.append((le, float(cumulative)))
+        return HistogramMetricFamily(
+            "sepl_adapter_event_latency_seconds",
+            "From MQTT receive to the platform's acknowledgement",
+            buckets=buckets,
+            sum_value=self.sum,
+        )
 
 
-class Metrics(Collector):
-    """Reads the adapter's counters at scrape time, so nothing is counted twice."""
+class Metrics:
+    """Reads the adapter's counters at scrape time, so nothing is counted twice.
+
+    prometheus_client is imported at the first scrape: 1.2 MB that an adapter nobody
+    scrapes does without."""
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter
-        self.registry = CollectorRegistry()
-        self.latency = Histogram(
-            "sepl_adapter_event_latency_seconds",
-            "From MQTT receive to the platform's acknowledgement",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.registry.register(self)
+        self.latency = Latency()
+        self._registry: CollectorRegistry | None = None
+
+    def exposition(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry()
+            self._registry.register(self)
+        return generate_latest(self._registry)
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         a = self.adapter
         counts = a.counts
         delivery = a.sender.stats
@@ -96,6 +130,7 @@ class Metrics(Collector):
             gauge = GaugeMetricFamily(f"sepl_adapter_{name}", text)
             gauge.add_metric([], float(value))
             yield gauge
+        yield self.latency.family()
 
 
 class Api:
@@ -103,47 +138,58 @@ class Api:
         self.adapter = adapter
         self.token = token
         self.metrics = Metrics(adapter)
+        self.assets = assets("adapter")
+        self.router = Router()
+        for method, path, handler in (
+            ("GET", "/devices", self.devices),
+            ("GET", "/devices/{id:.+}/average", self.average),
+            ("GET", "/devices/{id:.+}", self.device),
+            ("GET", "/healthz", self.healthz),
+            ("GET", "/metrics", self.prometheus),
+            ("GET", "/api/overview", self.overview),
+            ("POST", "/api/explain", self.explain),
+        ):
+            self.router.add(method, path, handler)
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
-        app.add_routes(
-            [
-                web.get("/devices", self.devices),
-                web.get(r"/devices/{id:.+}/average", self.average),
-                web.get(r"/devices/{id:.+}", self.device),
-                web.get("/healthz", self.healthz),
-                web.get("/metrics", self.prometheus),
-                web.get("/api/overview", self.overview),
-                web.post("/api/explain", self.explain),
-            ]
-        )
-        add_status_page(app, "adapter")
-        return app
+    def _authorized(self, authorization: str | None) -> bool:
+        if not self.token:
+            return True
+        given = (authorization or "").encode()
+        return hmac.compare_digest(given, f"Bearer {self.token}".encode())
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.token:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                return web.json_response({"error": "a bearer token is required"}, status=401)
-        return await handler(request)
+    async def handle(self, request: Request) -> Response:
+        """Every request: the token check, then the status page's files or the routes.
+
+        A page file may be loaded with the token's cookie instead of the header (see
+        adapter/web); a refused page load gets the login form."""
+        asset = self.assets.get(request.path)
+        if asset is not None:
+            if request.method not in ("GET", "HEAD"):
+                answer = error_response(405, f"{request.method} is not allowed here")
+                answer.headers["Allow"] = "GET, HEAD"
+                return answer
+            authorization = request.headers.get("authorization")
+            from_cookie = False
+            if authorization is None:
+                authorization = cookie_authorization(request.cookie(TOKEN_COOKIE))
+                from_cookie = authorization is not None
+            if self._authorized(authorization):
+                return _response(asset.answer())
+            if asset.is_page:
+                return _response(login_answer(from_cookie))
+            return _refused()
+        if not self._authorized(request.headers.get("authorization")):
+            return _refused()
+        return await self.router(request)
 
     async def serve(self, host: str, port: int) -> None:
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        def ready(bound: int) -> None:
+            log.info("local API on http://%s:%d (/devices, /healthz, /metrics)", host, bound)
+
         try:
-            await site.start()
+            await httpserver.serve(self.handle, host, port, ready=ready)
         except OSError as exc:
             log.error("local API not started: cannot listen on %s:%d: %s", host, port, exc)
-            await runner.cleanup()
-            return
-        log.info("local API on http://%s:%d (/devices, /healthz, /metrics)", host, port)
-        try:
-            await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
 
     # --- handlers ------------------------------------------------------------------------
 
@@ -165,10 +211,10 @@ class Api:
             view["quarantine_reason"] = a.connector.quarantined[uri]
         return view
 
-    async def devices(self, request: web.Request) -> web.Response:
+    async def devices(self, request: Request) -> Response:
         stored = {row["uri"]: row for row in self.adapter.history.devices()}
         uris = sorted(set(stored) | set(self.adapter.connector.devices) | set(self.adapter.online))
-        return web.json_response([self._device_view(uri, stored.get(uri)) for uri in uris])
+        return json_response([self._device_view(uri, stored.get(uri)) for uri in uris])
 
     def _known(self, uri: str) -> dict[str, Any] | None:
         stored = self.adapter.history.device(uri)
@@ -176,17 +222,20 @@ class Api:
             return None
         return self._device_view(uri, stored)
 
-    async def device(self, request: web.Request) -> web.Response:
-        uri = unquote(request.match_info["id"])
+    async def device(self, request: Request) -> Response:
+        uri = request.params["id"]
         view = self._known(uri)
         if view is None:
-            return web.json_response({"error": f"unknown device {uri!r}"}, status=404)
-        return web.json_response(view)
+            return json_response({"error": f"unknown device {uri!r}"}, status=404)
+        return json_response(view)
 
-    async def average(self, request: web.Request) -> web.Response:
-        return average_response(self.adapter.history, request)
+    async def average(self, request: Request) -> Response:
+        status, body = average_answer(
+            self.adapter.history, request.params["id"], request.query, time.time()
+        )
+        return json_response(body, status)
 
-    async def healthz(self, request: web.Request) -> web.Response:
+    async def healthz(self, request: Request) -> Response:
         a = self.adapter
         down_for = a.platform_down_for()
         body = {
@@ -200,13 +249,13 @@ class Api:
             "quarantined": sorted(a.connector.quarantined),
         }
         healthy = down_for is None or down_for < PLATFORM_DOWN_LIMIT
-        return web.json_response(body, status=200 if healthy else 503)
+        return json_response(body, status=200 if healthy else 503)
 
-    async def overview(self, request: web.Request) -> web.Response:
+    async def overview(self, request: Request) -> Response:
         """Everything the status page's overview shows, in one answer."""
         a = self.adapter
         down_for = a.platform_down_for()
-        return web.json_response(
+        return json_response(
             {
                 "mqtt": {
                     "up": a.mqtt.connected.is_set(),
@@ -235,35 +284,29 @@ class Api:
             }
         )
 
-    async def explain(self, request: web.Request) -> web.Response:
+    async def explain(self, request: Request) -> Response:
         try:
-            body = await request.json()
+            body = request.json()
             topic, payload = body["topic"], body.get("payload", "")
             if not isinstance(topic, str) or not topic or not isinstance(payload, str):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            return web.json_response(
+            return json_response(
                 {"error": 'body must be JSON {"topic": text, "payload": text}'}, status=400
             )
-        return web.json_response(
-            explain_result(self.adapter.mappings, topic, payload.encode("utf-8"))
+        return json_response(explain_result(self.adapter.mappings, topic, payload.encode("utf-8")))
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(
+            200,
+            self.metrics.exposition(),
+            {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(self.metrics.registry),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
+
+def _response(answer: Answer) -> Response:
+    return Response(answer.status, answer.body, dict(answer.headers))
 
 
-def average_response(history: Any, request: web.Request) -> web.Response:
-    """`GET /devices/{id}/average` (D9), shared by the adapter's API and the sandbox."""
-    uri = unquote(request.match_info["id"])
-    try:
-        query = parse_query(request.query)
-        rows = history.average(uri, query, time.time())
-    except QueryError as exc:
-        return web.json_response(exc.as_json(), status=400)
-    except UnknownDevice:
-        return web.json_response({"error": f"unknown device {uri!r}"}, status=404)
-    return web.json_response(rows)
+def _refused() -> Response:
+    return error_response(401, "a bearer token is required")

@@ -530,7 +530,7 @@ async def run(settings: Any, mappings: MappingSet) -> None:
                 discovery,
             )
             if settings.adapter_http is not None:
-                # Imported only to serve: aiohttp's server is 13 MB of the process.
+                # Imported only to serve (prometheus_client, h11).
                 from adapter.api import Api
 
                 token = settings.adapter_http_token

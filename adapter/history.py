@@ -133,6 +133,20 @@ def parse_query(params: Mapping[str, str]) -> Query:
     return Query(window, granularity, measurement)
 
 
+def average_answer(
+    history: HistoryStore, uri: str, params: Mapping[str, str], now: float
+) -> tuple[int, Any]:
+    """`GET /devices/{id}/average` (D9) as (HTTP status, JSON body): 400 for a bad
+    parameter, 404 for a device the store has never seen. Shared by the adapter's API and
+    the sandbox."""
+    try:
+        return 200, history.average(uri, parse_query(params), now)
+    except QueryError as exc:
+        return 400, exc.as_json()
+    except UnknownDevice:
+        return 404, {"error": f"unknown device {uri!r}"}
+
+
 def format_stamp(seconds: float) -> str:
     """`YYYY-MM-DDTHH:MM:SS.mmmZ` (D9), millisecond-exact."""
     millis = round(seconds * 1000)

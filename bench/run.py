@@ -745,7 +745,9 @@ def scale_case(
             if platform_knows:
                 sink_file = sink_state(stack.dir / "sink-state.json", devices, gid)
         sink = stack.sink(state=sink_file)
-        adapter = stack.adapter(broker, sink, mappings, state=state)
+        # The local API on, as by default: its server is part of the memory a user sees.
+        api = {"ADAPTER_HTTP": f"127.0.0.1:{free_port()}"}
+        adapter = stack.adapter(broker, sink, mappings, state=state, env=api)
         mqtt_s = adapter.wait_log("broker confirmed", 120)
         ready_s = adapter.wait_log("connector ready", 300)
         mem_ready = memory(adapter.pid)
@@ -781,7 +783,9 @@ def scale_case(
             # The usual start: the same mapping files and state as the last run, so the
             # compiled mappings come from the cache in the state directory.
             stack.stop(adapter)
-            again = stack.adapter(broker, sink, mappings, state=state, log="adapter-restart.log")
+            again = stack.adapter(
+                broker, sink, mappings, state=state, env=api, log="adapter-restart.log"
+            )
             mqtt_s = again.wait_log("broker confirmed", 120)
             ready_s = again.wait_log("connector ready", 300)
             result.update(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapter.api import LATENCY_BUCKETS, Latency
 from adapter.devbroker import Broker, free_port
 from adapter.devstack import SandboxProcess
 from tests.processes import AdapterProcess, wait_until
@@ -188,3 +189,36 @@ def test_healthz_reports_the_platform_down(
         assert "t0ken" not in process.log_text()
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize(
+    "observed",
+    [
+        [],
+        [0.0, 0.001, 0.0010001, 0.0025, 0.3, 1.0, 1, 59.99, 60.0, 60.5, 3600.0],
+        [0.004] * 7 + [12.0] * 3,
+    ],
+)
+def test_latency_histogram_exposes_what_prometheus_client_would(observed: list[float]) -> None:
+    """The adapter counts latencies itself and imports prometheus_client at the first
+    scrape only; its family must carry the samples a prometheus_client Histogram would."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    reference = Histogram(
+        "sepl_adapter_event_latency_seconds",
+        "x",
+        buckets=LATENCY_BUCKETS,
+        registry=CollectorRegistry(),
+    )
+    ours = Latency()
+    for seconds in observed:
+        reference.observe(seconds)
+        ours.observe(seconds)
+
+    def samples(family: Any) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, s.value) for s in family.samples if not s.name.endswith("_created")
+        ]
+
+    (expected,) = reference.collect()
+    assert samples(ours.family()) == samples(expected)

@@ -8,6 +8,7 @@ on random datasets. The HTTP layer is `average_response` behind aiohttp's test s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -27,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapter import history as history_module
-from adapter.api import average_response
+from adapter import httpserver
 from adapter.history import (
     GRANULARITIES,
     HistoryStore,
@@ -35,10 +38,12 @@ from adapter.history import (
     QueryError,
     Reading,
     UnknownDevice,
+    average_answer,
     format_stamp,
     parse_query,
     readings_from_metadata,
 )
+from adapter.sandbox.server import average_response
 
 DEVICE = "tasmota:plug"
 FAR_FUTURE = "2030-01-01T00:00:00.000Z"
@@ -870,8 +875,12 @@ def anyio_backend() -> str:
 SLASHED = "z2m:living room/sensor:1"
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], float]]:
+@pytest.fixture(params=["adapter", "sandbox"])
+async def client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[Any, float]]:
+    """The average route on the adapter's own HTTP server (adapter/httpserver.py) and on
+    the sandbox's aiohttp application."""
     history = HistoryStore(":memory:")
     wall = round(time.time(), 3)
     history.record(
@@ -882,22 +891,39 @@ async def client() -> AsyncIterator[tuple[TestClient[web.Request, web.Applicatio
             Reading(SLASHED, wall - 60.0, {"temperature": 21.5}, "temperature"),
         ]
     )
-
-    async def handler(request: web.Request) -> web.Response:
-        return average_response(history, request)
-
-    app = web.Application()
-    app.router.add_get(r"/devices/{id:.+}/average", handler)
-    test_client = TestClient(TestServer(app))
-    await test_client.start_server()
     try:
-        yield test_client, wall
+        if request.param == "sandbox":
+
+            async def handler(request: web.Request) -> web.Response:
+                return average_response(history, request)
+
+            app = web.Application()
+            app.router.add_get(r"/devices/{id:.+}/average", handler)
+            async with TestClient(TestServer(app)) as test_client:
+                yield test_client, wall
+            return
+
+        async def average(request: httpserver.Request) -> httpserver.Response:
+            status, body = average_answer(history, request.params["id"], request.query, time.time())
+            return httpserver.json_response(body, status)
+
+        router = httpserver.Router()
+        router.add("GET", "/devices/{id:.+}/average", average)
+        ports: list[int] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(httpserver.serve, router, "127.0.0.1", 0, ready=ports.append)
+            )
+            while not ports:
+                await anyio.sleep(0.01)
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{ports[0]}") as session:
+                yield session, wall
+            tg.cancel_scope.cancel()
     finally:
-        await test_client.close()
         history.close()
 
 
-HttpClient = tuple[TestClient[web.Request, web.Application], float]
+HttpClient = tuple[Any, float]  # an aiohttp TestClient or ClientSession: get(path, params)
 
 
 def path_of(device: str) -> str:

@@ -11,11 +11,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import WSMsgType, web
 
-from adapter.api import average_response
-from adapter.history import HistoryStore, readings_from_metadata
+from adapter.history import HistoryStore, average_answer, readings_from_metadata
 from adapter.sandbox.legacy import RegistrationError, open_legacy_session, register
 from adapter.sandbox.platform import (
     CommandRecord,
@@ -385,3 +385,11 @@ class SandboxServer:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def average_response(history: HistoryStore, request: web.Request) -> web.Response:
+    """`GET /devices/{id}/average` (D9) on aiohttp: the id as the route took it, once
+    decoded (aiohttp leaves %2F and %25 encoded in the path it matches)."""
+    uri = unquote(request.match_info["id"])
+    status, body = average_answer(history, uri, request.query, time.time())
+    return web.json_response(body, status=status)

@@ -23,10 +23,11 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from aiohttp import hdrs, web
-from multidict import CIMultiDict
+if TYPE_CHECKING:  # aiohttp is imported by the sandbox only (add_status_page)
+    from aiohttp import web
 
 HERE = Path(__file__).parent
 KINDS = ("adapter", "sandbox")
@@ -49,7 +50,14 @@ _COMMON_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, whichever server sends it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -60,14 +68,11 @@ class Asset:
     def is_page(self) -> bool:
         return self.path.suffix == ".html"
 
-    def response(self) -> web.Response:
+    def answer(self) -> Answer:
         headers = {**_COMMON_HEADERS, "Content-Type": _TYPES[self.path.suffix]}
         if self.is_page:
             headers["Content-Security-Policy"] = _PAGE_POLICY
-        return web.Response(body=self.path.read_bytes(), headers=headers)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        return self.response()
+        return Answer(200, headers, self.path.read_bytes())
 
 
 def assets(kind: str) -> dict[str, Asset]:
@@ -94,7 +99,7 @@ def _inline_hash(html: str, tag: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode()}'"
 
 
-def _login_response(rejected: bool) -> web.Response:
+def login_answer(rejected: bool) -> Answer:
     """The 401 answer to a page load without the token: a form asking for it, and nothing
     else (its style and script are inline, as the other files need the token too)."""
     html = (HERE / "login.html").read_text(encoding="utf-8")
@@ -106,36 +111,35 @@ def _login_response(rejected: bool) -> web.Response:
         "form-action 'none'; "
         "base-uri 'none'; frame-ancestors 'none'"
     )
-    return web.Response(
-        status=401,
-        text=html,
-        content_type="text/html",
-        headers={
-            **_COMMON_HEADERS,
-            "Cache-Control": "no-store",
-            "Content-Security-Policy": policy,
-            "WWW-Authenticate": 'Bearer realm="sepl-adapter"',
-        },
-    )
+    headers = {
+        **_COMMON_HEADERS,
+        "Content-Type": "text/html; charset=utf-8",
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": policy,
+        "WWW-Authenticate": 'Bearer realm="sepl-adapter"',
+    }
+    return Answer(401, headers, html.encode("utf-8"))
 
 
-def _with_cookie_token(request: web.Request) -> tuple[web.Request, bool]:
-    """The request with the token of the cookie as its bearer header, when it has no
-    header of its own; and whether a cookie token was used."""
-    cookie = request.cookies.get(TOKEN_COOKIE)
-    if not cookie or hdrs.AUTHORIZATION in request.headers:
-        return request, False
-    headers = CIMultiDict(request.headers)
-    headers[hdrs.AUTHORIZATION] = f"Bearer {unquote(cookie)}"
-    return request.clone(headers=headers), True
+def cookie_authorization(cookie: str | None) -> str | None:
+    """The `Authorization` header a page request stands for when it carries the token
+    cookie and no header of its own."""
+    return f"Bearer {unquote(cookie)}" if cookie else None
 
 
-def _is_websocket(request: web.Request) -> bool:
-    return request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+# --- the status page on an aiohttp application (the sandbox) -------------------------------
+
+AioHandler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+def _aio(answer: Answer) -> web.Response:
+    from aiohttp import web
+
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
 
 
 def add_status_page(app: web.Application, kind: str) -> None:
-    """Serve the `kind` status page ("adapter" or "sandbox") from `app`.
+    """Serve the `kind` status page ("adapter" or "sandbox") from an aiohttp `app`.
 
     Call before the application starts. Adds GET (and HEAD) routes for the files, and a
     middleware in front of the others: it passes the cookie token on (see the module
@@ -143,31 +147,48 @@ def add_status_page(app: web.Application, kind: str) -> None:
     a route (the sandbox's websocket connector), serves the page at `/` to requests that
     are not websocket upgrades.
     """
+    from aiohttp import hdrs, web
+    from multidict import CIMultiDict
+
     table = assets(kind)
     root_taken = any(resource.canonical == "/" for resource in app.router.resources())
     for path, asset in table.items():
         if path == "/" and root_taken:
             continue
-        app.router.add_get(path, asset.handle)
+
+        async def handle(request: web.Request, asset: Asset = asset) -> web.Response:
+            return _aio(asset.answer())
+
+        app.router.add_get(path, handle)
+
+    def with_cookie_token(request: web.Request) -> tuple[web.Request, bool]:
+        if hdrs.AUTHORIZATION in request.headers:
+            return request, False
+        authorization = cookie_authorization(request.cookies.get(TOKEN_COOKIE))
+        if authorization is None:
+            return request, False
+        headers = CIMultiDict(request.headers)
+        headers[hdrs.AUTHORIZATION] = authorization
+        return request.clone(headers=headers), True
 
     @web.middleware
-    async def status_page(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def status_page(request: web.Request, handler: AioHandler) -> web.StreamResponse:
         asset = table.get(request.path)
         if asset is None or request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             return await handler(request)
         if root_taken and request.path == "/":
-            if _is_websocket(request):
+            if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
                 return await handler(request)
-            return asset.response()
-        request, from_cookie = _with_cookie_token(request)
+            return _aio(asset.answer())
+        request, from_cookie = with_cookie_token(request)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             if exc.status != 401 or not asset.is_page:
                 raise
-            return _login_response(from_cookie)
+            return _aio(login_answer(from_cookie))
         if response.status == 401 and asset.is_page:
-            return _login_response(from_cookie)
+            return _aio(login_answer(from_cookie))
         return response
 
     app.middlewares.insert(0, status_page)

@@ -1,0 +1,218 @@
+"""adapter/httpserver.py over real sockets: routing, keep-alive, HEAD, and the limits."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+
+from adapter import httpserver
+from adapter.httpserver import Request, Response, Router, json_response
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def echo(request: Request) -> Response:
+    return json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": request.query,
+            "params": request.params,
+            "body": request.body.decode(),
+            "cookie": request.cookie("c"),
+            "agent": request.headers.get("user-agent"),
+        }
+    )
+
+
+async def broken(request: Request) -> Response:
+    raise RuntimeError("a bug")
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[int]:
+    router = Router()
+    router.add("GET", "/things/{id:.+}/more", echo)
+    router.add("GET", "/things/{id}", echo)
+    router.add("POST", "/things", echo)
+    router.add("GET", "/broken", broken)
+    ports: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            functools.partial(httpserver.serve, router, "127.0.0.1", 0, ready=ports.append)
+        )
+        while not ports:
+            await anyio.sleep(0.01)
+        yield ports[0]
+        tg.cancel_scope.cancel()
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def read_answer(stream: SocketStream, head: bool = False) -> Answer:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head_text, _, body = data.partition(b"\r\n\r\n")
+    lines = head_text.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = 0 if head else int(headers.get("content-length", "0"))
+    while len(body) < length:
+        body += await stream.receive()
+    return status, headers, body
+
+
+async def ask(port: int, raw: bytes, head: bool = False) -> Answer:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(raw)
+        return await read_answer(stream, head)
+
+
+@pytest.mark.anyio
+async def test_routes_params_query_and_keep_alive(port: int) -> None:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(
+            b"GET /things/a%2Fb%3Ac/more?x=1&x=2&y=%C3%A9 HTTP/1.1\r\nHost: t\r\n"
+            b"User-Agent: one\r\nCookie: c=token%3D1; d=2\r\n\r\n"
+        )
+        status, headers, body = await read_answer(stream)
+        assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+        got = json.loads(body)
+        assert got["params"] == {"id": "a/b:c"}
+        assert got["query"] == {"x": "1", "y": "é"}
+        assert got["cookie"] == "token%3D1" and got["agent"] == "one"
+        # The same connection takes the next request; a slash in {id:.+} is part of the id.
+        body_text = b'{"a": 1}'
+        await stream.send(
+            b"POST /things HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body_text), body_text)
+        )
+        status, _, body = await read_answer(stream)
+        assert status == 200 and json.loads(body)["body"] == '{"a": 1}'
+        await stream.send(b"GET /things/x/y/more HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, body = await read_answer(stream)
+        assert json.loads(body)["params"] == {"id": "x/y"}
+
+
+@pytest.mark.anyio
+async def test_head_answers_the_get_headers_without_a_body(port: int) -> None:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(b"HEAD /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = await read_answer(stream, head=True)
+        assert status == 200 and int(headers["content-length"]) > 0 and body == b""
+        # Nothing of a body follows: the next answer on the connection is the next request's.
+        await stream.send(b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, _ = await read_answer(stream)
+        assert status == 404
+
+
+@pytest.mark.anyio
+async def test_unknown_paths_and_methods(port: int) -> None:
+    status, _, body = await ask(port, b"GET /nowhere HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 404 and "error" in json.loads(body)
+    status, headers, _ = await ask(port, b"DELETE /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 405 and headers["allow"] == "GET"
+
+
+@pytest.mark.anyio
+async def test_a_failing_handler_is_a_500_and_the_server_goes_on(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    status, _, body = await ask(port, b"GET /broken HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 500 and "a bug" not in body.decode()
+    assert "GET /broken failed" in caplog.text
+    status, _, _ = await ask(port, b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET /things/1 HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET /things/1 HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (b"POST /things HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000\r\n\r\n", 413),
+        (b"POST /things HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n", 400),
+    ],
+)
+async def test_bad_requests_get_a_clear_status_and_a_closed_connection(
+    port: int, raw: bytes, expected: int
+) -> None:
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(raw)
+        status, headers, body = await read_answer(stream)
+        assert status == expected and "error" in json.loads(body)
+        assert headers.get("connection") == "close"
+        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            with anyio.fail_after(5):
+                await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_a_chunked_body_over_the_limit_is_refused(port: int) -> None:
+    chunk = b"x" * 65536
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(b"POST /things HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        status = None
+        with anyio.fail_after(10):
+            try:
+                for _ in range(20):  # 1.25 MiB
+                    await stream.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except (anyio.BrokenResourceError, OSError):
+                pass  # closed while sending: the answer is already there
+            status, _, _ = await read_answer(stream)
+        assert status == 413
+
+
+@pytest.mark.anyio
+async def test_connections_beyond_the_limit_are_refused_not_queued(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(httpserver.MAX_CONNECTIONS)]
+    try:
+        await anyio.sleep(0.2)  # every idle one has its slot
+        status, _, body = await ask(port, b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 503 and json.loads(body) == {"error": "too many connections"}
+    finally:
+        for stream in idle:
+            await stream.aclose()
+    await anyio.sleep(0.2)
+    status, _, _ = await ask(port, b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status == 200
+
+
+@pytest.mark.anyio
+async def test_an_idle_connection_is_closed(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpserver, "IDLE_TIMEOUT", 0.3)
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_a_body_that_does_not_arrive_is_a_408(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(httpserver, "REQUEST_TIMEOUT", 0.3)
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(b"POST /things HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
+        with anyio.fail_after(5):
+            status, _, _ = await read_answer(stream)
+        assert status == 408
+
+
+@pytest.mark.anyio
+async def test_cannot_listen_raises_oserror(port: int) -> None:
+    with pytest.raises(OSError):
+        await httpserver.serve(Router(), "127.0.0.1", port)
