@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import adapter.mapping
 from adapter.mapping import MappingError, MappingSet, cache, load_directory
@@ -339,6 +342,27 @@ ODD_DOCUMENTS = [
     "a: =\n",
     "'': x\n'~': y\n",
     "rules:\n  - id: x\n    topic: t/{x}\n    when: {path: v, equals: 1e400}\n",
+    # What the event reader handles itself, or leaves to PyYAML's composer.
+    "",
+    "# only a comment\n",
+    "---\n",
+    "--- \n...\n",
+    "a: 1\n---\nb: 2\n",
+    "a: 1\n...\n---\n",
+    "a: &x 1\nb: &y {c: d}\n",
+    "a: ! 12\nb: ! {c: 1}\nc: ! [1]\n",
+    "!!map {a: 1}\n",
+    "- !!seq [a, 1]\n- !!map {b: 2}\n- !!str [x]\n",
+    "a: !custom x\n",
+    "{a: 1}: b\n",
+    "[a]: b\n",
+    "? |\n  multi\n  line key\n: v\n",
+    "a: [" * 40 + "]" * 40 + "\n",
+    "a: 'unterminated\n",
+    "a: b: c\n",
+    "- a\nb: c\n",
+    'a: "\\u00e9\\x41"\nb: "\\t"\n',
+    "a: 0b101\nb: +12\nc: -0.5e3\nd: .NaN\ne: True\nf: NO\ng: 1:20\n",
 ]
 
 
@@ -362,6 +386,35 @@ def test_the_fast_path_builds_what_pyyaml_builds(text: str) -> None:
 def test_the_fast_path_builds_the_bundled_files_as_pyyaml_does(name: str) -> None:
     text = file_text(name, enable=True)
     same_tree(parse_yaml(text.replace("*", "+"), name), slow_parse(text.replace("*", "+"), name))
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.sampled_from(["yes", "off", "~", "0x1f", "1_000", "2001-12-14", "1e3", "-", "#", ": x"]),
+)
+_TREES = st.recursive(
+    _SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=8), children, max_size=4),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TREES, st.sampled_from([None, True, False]), st.booleans())
+def test_the_fast_path_builds_what_pyyaml_builds_for_any_tree(
+    tree: Any, flow: bool | None, explicit: bool
+) -> None:
+    text = yaml.safe_dump(
+        tree, default_flow_style=flow, explicit_start=explicit, allow_unicode=True
+    )
+    same_tree(parse_yaml(text, "m.yaml"), slow_parse(text, "m.yaml"))
 
 
 def test_text_with_aliases_takes_pyyaml_s_way_with_its_checks() -> None:
