@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.client import topic_matches_sub
 
@@ -308,3 +308,26 @@ def test_reference_agrees_with_paho(topic_filter: str, topic: str) -> None:
     expected = topic_matches_sub(topic_filter, topic)
     assert filter_matches(topic_filter, topic) is expected
     assert (TopicPattern.compile(topic_filter).match(topic) is not None) is expected
+
+
+_PATTERN_LEVELS = st.one_of(
+    st.sampled_from(["{a}", "{b}", "{a...}", "{_x1}", "+", "#", "", "$SYS", "{", "}", "{1}"]),
+    st.sampled_from(["{a}x", "a+b", "c#", "x...y", "{a}{b}", "{ a}", "tele", "SENSOR"]),
+    st.text(alphabet="ab{}+#./", max_size=5),
+)
+
+
+@settings(max_examples=2000)
+@given(st.lists(_PATTERN_LEVELS, min_size=1, max_size=6))
+def test_the_simple_pattern_path_compiles_what_the_general_one_does(levels: list[str]) -> None:
+    text = "/".join(levels)
+    assume(text)  # an empty pattern is refused before either path
+    try:
+        expected = TopicPattern._compile(text, text.split("/"))
+    except TopicError as exc:
+        with pytest.raises(TopicError) as caught:
+            TopicPattern.compile(text)
+        assert str(caught.value) == str(exc)
+        return
+    pattern = TopicPattern.compile(text)
+    assert pattern == expected
