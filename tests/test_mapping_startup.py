@@ -21,10 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adapter.mapping
+from adapter.devbroker import Broker
+from adapter.devstack import SandboxProcess
 from adapter.mapping import MappingError, MappingSet, cache, load_directory
 from adapter.mapping.compile import compile_files
 from adapter.mapping.rules import _MISSING, CommandRule, Rule
 from adapter.mapping.yamlsource import Node, _Loader, parse_yaml
+from tests.processes import REPO, AdapterProcess, wait_until
 from tests.test_bundled_mappings import (
     AVAILABILITY,
     COMMANDS,
@@ -487,3 +490,33 @@ def test_derived_values_cached_on_rules_are_left_out(mappings: Path) -> None:
     assert loaded is not None and loaded == (rules, commands)
     for rule in loaded[0]:
         assert not set(derived) & set(vars(rule))
+
+
+# --- the adapter writes the cache after start-up -------------------------------------------
+
+
+def test_the_adapter_writes_the_cache_after_start_up_or_on_the_way_out(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """A first start compiles and connects first; the cache follows a moment later, or at
+    the stop when that comes sooner. Either way the next start finds it."""
+    bundled = len(list((REPO / "mappings").glob("*.yaml")))
+    for name, stop_at_once in (("stopped", True), ("running", False)):
+        state = tmp_path / name
+        stored = state / "mappings-cache"
+        process = AdapterProcess(
+            mqtt_port=broker.port,
+            connector_url=sandbox.ws_url,
+            state_dir=state,
+            log_path=tmp_path / f"{name}.log",
+        )
+        try:
+            process.start()
+            if not stop_at_once:
+                written = functools.partial(lambda path: cache.load(path) is not None, stored)
+                wait_until(written, 15, "the cache written")
+        finally:
+            process.stop()
+        found = cache.load(stored)
+        assert found is not None and len(found.entries) == bundled, name
+        assert found.checked != cache.UNCHECKED

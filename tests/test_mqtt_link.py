@@ -124,3 +124,38 @@ async def test_a_new_connection_reads_from_a_clean_buffer(broker: Broker, tmp_pa
     again = [(m.topic, m.payload) for m in after if m.topic.startswith("bench/a/")]
     assert set(again) <= set(first)
     assert [(m.topic, m.payload) for m in after if m.topic.startswith("bench/b/")] == second
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])  # 5 goes paho's own way
+async def test_thousands_of_subscriptions_are_confirmed_and_deliver(
+    broker: Broker, tmp_path: Path, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One SUBSCRIBE of 5,000 filters; the SUBACK (read with shared reason codes for
+    3.1.1) confirms them all, and a message on the last filter arrives."""
+    link = link_for(broker, tmp_path, protocol)
+    link.filters = [f"site{n}/tele/+/SENSOR" for n in range(5000)]
+    caplog.set_level("INFO", logger="adapter.mqtt")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run)
+        with anyio.fail_after(WAIT):
+            while "broker confirmed" not in caplog.text:
+                await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(publish_all, broker, [("site4999/tele/x/SENSOR", b"1")], 1)
+        got = await collect(link, 1)
+        tg.cancel_scope.cancel()
+    assert "broker confirmed 5000 subscriptions" in caplog.text
+    assert "refused" not in caplog.text
+    assert [(m.topic, m.payload) for m in got] == [("site4999/tele/x/SENSOR", b"1")]
+
+
+def test_suback_codes_are_paho_s_and_shared() -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from adapter.mqtt import _suback_code
+
+    for code in (0, 1, 2, 0x80):
+        assert _suback_code(code) == ReasonCode(PacketTypes.SUBACK, identifier=code)
+        assert _suback_code(code) is _suback_code(code)
+    assert _suback_code(0x80).is_failure and not _suback_code(1).is_failure

@@ -261,8 +261,8 @@ class SafeUnpickler(pickle.Unpickler):
 
 def dumps(compiled: Compiled) -> bytes | None:
     """One file's pickled rules and commands, or None when they cannot be pickled (then
-    that file is not cached). Taken before MappingSet sees the rules, so that nothing it
-    caches on them is stored."""
+    that file is not cached). What MappingSet or `map` cached on the rules (cached_property
+    values) is left out."""
     buffer = io.BytesIO()
     try:
         pickler = pickle.Pickler(buffer, protocol=_PROTOCOL)
