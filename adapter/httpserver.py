@@ -165,6 +165,8 @@ async def serve(
             return
         try:
             await _connection(handler, stream)
+        except Exception:  # a bug here must cost one connection, not the API
+            log.exception("HTTP connection failed")
         finally:
             slots.release()
 
@@ -201,7 +203,7 @@ async def _connection(handler: Handler, stream: SocketStream) -> None:
                     return  # one side asked to close, or the body was not read in full
                 conn.start_next_cycle()
     except (_Gone, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        pass
+        pass  # the client left, or stopped reading our answer (TimeoutError is an OSError)
     except h11.LocalProtocolError as exc:
         log.debug("HTTP connection dropped: %s", exc)
 
