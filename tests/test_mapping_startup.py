@@ -79,7 +79,7 @@ def compiles(monkeypatch: pytest.MonkeyPatch) -> Compiles:
         seen.files += [Path(path).name for path, _ in sources]
         return real(sources)
 
-    monkeypatch.setattr("adapter.mapping.compile_files", counting)
+    monkeypatch.setattr("adapter.mapping.parallel.compile_files", counting)
     return seen
 
 

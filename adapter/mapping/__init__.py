@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from adapter.mapping import cache
-from adapter.mapping.compile import compile_files, compile_text, gc_paused, read_files
+from adapter.mapping.compile import compile_text, gc_paused, read_files
 from adapter.mapping.mappingset import (
     AvailabilityChange,
     Mapped,
@@ -17,6 +17,7 @@ from adapter.mapping.mappingset import (
     PublishPlan,
     Rejected,
 )
+from adapter.mapping.parallel import compile_sources
 from adapter.mapping.rules import CommandRule, Rule
 from adapter.mapping.yamlsource import MappingError
 
@@ -48,27 +49,35 @@ def load_directory_deferred(
         sources = read_files(directory)
         files = [str(path) for path, _ in sources]
         if cache_dir is None or not cache.enabled():
-            return _checked(MappingSet(*compile_files(sources), device_prefix, files)), None
+            compiled = [value for value, _ in compile_sources(sources)]
+            return _checked(MappingSet(*_joined(compiled), device_prefix, files)), None
         stored = cache.load(cache_dir)
         old = stored.entries if stored is not None else {}
         keys = [cache.file_key(path, data) for path, data in sources]
         checked = cache.set_key(keys, device_prefix)
         entries: dict[bytes, bytes] = {}
-        compiled_now: list[tuple[bytes, cache.Compiled]] = []
-        rules: list[Rule] = []
-        commands: list[CommandRule] = []
-        for source, key in zip(sources, keys, strict=True):
+        found: dict[int, cache.Compiled] = {}
+        for index, key in enumerate(keys):
             blob = old.get(key)
-            compiled = None if blob is None else cache.loads(blob)
-            if blob is not None and compiled is not None:
+            value = None if blob is None else cache.loads(blob)
+            if blob is not None and value is not None:
                 entries[key] = blob
+                found[index] = value
+        todo = [index for index in range(len(sources)) if index not in found]
+        # Files compiled now: pickled for the cache later, unless a helper process compiled
+        # them and handed them over pickled already.
+        compiled_now: list[tuple[bytes, cache.Compiled]] = []
+        for index, (value, blob) in zip(
+            todo, compile_sources([sources[index] for index in todo]), strict=True
+        ):
+            found[index] = value
+            if blob is not None:
+                entries[keys[index]] = blob
             else:
-                compiled = compile_files([source])
-                compiled_now.append((key, compiled))
-            rules += compiled[0]
-            commands += compiled[1]
+                compiled_now.append((keys[index], value))
+        rules, commands = _joined([found[index] for index in range(len(sources))])
         mappings = MappingSet(rules, commands, device_prefix, files)
-        if not compiled_now and stored is not None and stored.checked == checked:
+        if not todo and stored is not None and stored.checked == checked:
             # Exactly these files passed the check below with this code (the cache is
             # written by this code only): not checked again.
             return mappings, None
@@ -83,6 +92,15 @@ def load_directory_deferred(
         cache.write(cache_dir, checked, _with(entries, compiled_now))
 
     return mappings, write
+
+
+def _joined(compiled: list[cache.Compiled]) -> tuple[list[Rule], list[CommandRule]]:
+    rules: list[Rule] = []
+    commands: list[CommandRule] = []
+    for file_rules, file_commands in compiled:
+        rules += file_rules
+        commands += file_commands
+    return rules, commands
 
 
 def _with(
