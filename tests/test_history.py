@@ -8,7 +8,6 @@ on random datasets. The HTTP layer is `average_response` behind aiohttp's test s
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -22,7 +21,6 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -44,6 +42,7 @@ from adapter.history import (
     readings_from_metadata,
 )
 from adapter.sandbox.server import average_response
+from tests.test_httpserver import serving
 
 DEVICE = "tasmota:plug"
 FAR_FUTURE = "2030-01-01T00:00:00.000Z"
@@ -909,16 +908,11 @@ async def client(
 
         router = httpserver.Router()
         router.add("GET", "/devices/{id:.+}/average", average)
-        ports: list[int] = []
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(
-                functools.partial(httpserver.serve, router, "127.0.0.1", 0, ready=ports.append)
-            )
-            while not ports:
-                await anyio.sleep(0.01)
-            async with aiohttp.ClientSession(f"http://127.0.0.1:{ports[0]}") as session:
-                yield session, wall
-            tg.cancel_scope.cancel()
+        async with (
+            serving(router) as port,
+            aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session,
+        ):
+            yield session, wall
     finally:
         history.close()
 

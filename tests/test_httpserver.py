@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterator
@@ -37,6 +38,20 @@ async def broken(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
+@contextlib.asynccontextmanager
+async def serving(handler: httpserver.Handler) -> AsyncIterator[int]:
+    """`handler` served on a free loopback port, for the block; yields the port."""
+    ports: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            functools.partial(httpserver.serve, handler, "127.0.0.1", 0, ready=ports.append)
+        )
+        while not ports:
+            await anyio.sleep(0.01)
+        yield ports[0]
+        tg.cancel_scope.cancel()
+
+
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     router = Router()
@@ -44,15 +59,8 @@ async def port() -> AsyncIterator[int]:
     router.add("GET", "/things/{id}", echo)
     router.add("POST", "/things", echo)
     router.add("GET", "/broken", broken)
-    ports: list[int] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(
-            functools.partial(httpserver.serve, router, "127.0.0.1", 0, ready=ports.append)
-        )
-        while not ports:
-            await anyio.sleep(0.01)
-        yield ports[0]
-        tg.cancel_scope.cancel()
+    async with serving(router) as bound:
+        yield bound
 
 
 Answer = tuple[int, dict[str, str], bytes]
