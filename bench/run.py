@@ -1163,7 +1163,7 @@ def table(results: dict[str, Any], s: Settings) -> list[str]:
         d = g["devices"]
         row(f"5 start-up, {nd:,} known devices: s", d["startup_s"])
         row(f"5 {nd:,} devices, one message each: forwarded in s", d.get("forward_s"))
-        row(f"5 {nd:,} devices: peak RSS MB", d["peak_rss_mb"], None, None, "<60 MB")
+        row(f"5 {nd:,} devices: peak RSS MB (local API on)", d["peak_rss_mb"], None, None, "<60 MB")
         fs = g["devices_full_sync"]
         row(f"5 start-up, {nd:,} devices, full re-sync (puts): s", fs["startup_s"])
         r = g["rules"]
