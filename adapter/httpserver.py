@@ -19,6 +19,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -289,6 +290,7 @@ def _content_length(request: h11.Request) -> int | None:
 async def _send(conn: h11.Connection, stream: SocketStream, answer: Response, head: bool) -> None:
     headers = [(name, value) for name, value in answer.headers.items()]
     headers.append(("Content-Length", str(len(answer.body))))
+    headers.append(("Date", formatdate(usegmt=True)))  # RFC 9110 §6.6.1: a server with a clock
     reason = _REASONS.get(answer.status, b"")
     await _write(
         conn, stream, h11.Response(status_code=answer.status, headers=headers, reason=reason)

@@ -95,6 +95,7 @@ async def test_routes_params_query_and_keep_alive(port: int) -> None:
         )
         status, headers, body = await read_answer(stream)
         assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+        assert headers["date"].endswith(" GMT")
         got = json.loads(body)
         assert got["params"] == {"id": "a/b:c"}
         assert got["query"] == {"x": "1", "y": "é"}
