@@ -312,6 +312,36 @@ def test_the_adapter_logs_json_lines_when_asked(
             process.wait()
 
 
+def test_the_sandbox_logs_json_lines_when_asked(
+    tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    """The sandbox takes the adapter's log set-up: LOGFORMAT=json gives JSON lines."""
+    env = {**os.environ, "LOGFORMAT": "json"}
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "adapter", "sandbox"),
+            *("--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "sandbox")),
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        first = json.loads(process.stderr.readline())
+        assert first["logger"].startswith("adapter.sandbox") and first["level"] == "INFO"
+        assert "\x1b" not in first["message"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 # --- the wheel, installed outside the source tree
 
 

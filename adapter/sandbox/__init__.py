@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from adapter import logs
+
 log = logging.getLogger("adapter.sandbox")
 
 
@@ -92,9 +94,8 @@ def serve(args: argparse.Namespace) -> int:
     from adapter.sandbox.server import SandboxServer
     from adapter.sandbox.store import SandboxStore
 
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The adapter's log set-up: the same text lines, or JSON lines with LOGFORMAT=json.
+    logs.setup(args.loglevel)
     try:
         host, port = _split_listen(args.listen)
         ping_period = parse_duration(args.ping_period)
