@@ -253,6 +253,18 @@ def test_setup_keeps_websockets_at_info_and_reads_logformat() -> None:
     assert "credentials" not in result.stderr
 
 
+def _logging_child(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """`python -m adapter ARGS` with its stderr (the log) readable as text lines."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapter", *args],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 @pytest.mark.parametrize(
     "how",
     [
@@ -280,14 +292,7 @@ def test_the_adapter_logs_json_lines_when_asked(
     }
     if how == "environment":
         env["LOGFORMAT"] = "json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "adapter", *(["--logformat", "json"] if how == "flag" else [])],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    process = _logging_child(["--logformat", "json"] if how == "flag" else [], env)
     try:
         assert process.stderr is not None
         documents = []
@@ -316,18 +321,8 @@ def test_the_sandbox_logs_json_lines_when_asked(
     tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
     """The sandbox takes the adapter's log set-up: LOGFORMAT=json gives JSON lines."""
-    env = {**os.environ, "LOGFORMAT": "json"}
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "adapter", "sandbox"),
-            *("--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "sandbox")),
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    listen = ["--listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "sandbox")]
+    process = _logging_child(["sandbox", *listen], {**os.environ, "LOGFORMAT": "json"})
     try:
         assert process.stderr is not None
         first = json.loads(process.stderr.readline())

@@ -44,13 +44,13 @@ def compile_sources(sources: Sequence[Source]) -> list[Compiled]:
     file (in order) that fails."""
     split = _split(sources)
     if split is None:
-        return [(compile_files([source]), None) for source in sources]
+        return _compile_here(sources)
     with tempfile.TemporaryFile() as out:
         pid = _fork_child(sources[split:], out.fileno())
         if pid is None:
-            return [(compile_files([source]), None) for source in sources]
+            return _compile_here(sources)
         try:
-            mine = [(compile_files([source]), None) for source in sources[:split]]
+            mine = _compile_here(sources[:split])
         except BaseException:
             _stop(pid)
             raise
@@ -58,6 +58,10 @@ def compile_sources(sources: Sequence[Source]) -> list[Compiled]:
         out.seek(0)
         theirs = _read_results(out.read(), sources[split:])
     return mine + theirs
+
+
+def _compile_here(sources: Sequence[Source]) -> list[Compiled]:
+    return [(compile_files([source]), None) for source in sources]
 
 
 def _split(sources: Sequence[Source]) -> int | None:
@@ -132,7 +136,7 @@ def _read_results(data: bytes, sources: Sequence[Source]) -> list[Compiled]:
             results.append((compile_files([source]), None))
         else:
             results.append((compiled, payload))
-    results += [(compile_files([source]), None) for source in sources[len(results) :]]
+    results += _compile_here(sources[len(results) :])
     return results
 
 
