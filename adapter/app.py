@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import json
 import logging
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -32,13 +32,11 @@ from adapter.discovered import DiscoverySource
 from adapter.history import HistoryStore, HistoryWriter, Reading
 from adapter.mapping import (
     AvailabilityChange,
-    CacheWrite,
     MappingError,
     MappingSet,
     PublishPlan,
     Rejected,
     load_directory,
-    load_directory_deferred,
 )
 from adapter.mqtt import Message, MqttLink, PublishRefused, stable_client_id
 from adapter.outbox import NewEvent, Outbox
@@ -73,16 +71,14 @@ def main(args: argparse.Namespace) -> int:
     if settings.connector_tls_insecure:
         log.warning("CONNECTOR_TLS_INSECURE is set: the platform's certificate is not checked")
     try:
-        mappings, write_cache = load_directory_deferred(
-            settings.mappings_dir, settings.device_prefix, cache_dir=mapping_cache(settings)
-        )
+        mappings = load_directory(settings.mappings_dir, settings.device_prefix)
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not mappings.rules:
         log.warning("no mapping rules in %s: nothing will be forwarded", settings.mappings_dir)
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(run, settings, mappings, write_cache)
+        anyio.run(run, settings, mappings)
     return 0
 
 
@@ -149,12 +145,7 @@ class Adapter:
             signature = current
             try:
                 new = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        load_directory,
-                        directory,
-                        self.settings.device_prefix,
-                        cache_dir=mapping_cache(self.settings),
-                    )
+                    load_directory, directory, self.settings.device_prefix
                 )
             except MappingError as exc:
                 self.count("mapping_reload_errors")
@@ -456,11 +447,6 @@ class Adapter:
 MAPPING_POLL = 0.5  # seconds between looks at the mapping directory
 
 
-def mapping_cache(settings: Any) -> Path:
-    """Compiled mapping files, reused while the files and the code are unchanged."""
-    return Path(settings.adapter_state_dir) / "mappings-cache"
-
-
 def mapping_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
     """Names, modification times and sizes of the mapping files: cheap to compare."""
     entries = []
@@ -481,9 +467,11 @@ def subscription_filters(mappings: MappingSet) -> list[str]:
     return sorted(filters)
 
 
-async def run(settings: Any, mappings: MappingSet, write_cache: CacheWrite | None = None) -> None:
+async def run(settings: Any, mappings: MappingSet) -> None:
     state_dir = settings.adapter_state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
+    # Versions up to 0.1.0 kept compiled mapping files here; nothing reads them any more.
+    shutil.rmtree(state_dir / "mappings-cache", ignore_errors=True)
     client_id = settings.mqtt_client_id or stable_client_id(state_dir)
     connector_config = ConnectorConfig.from_settings(settings, state_dir=state_dir / "connector")
     discovery = None
@@ -541,8 +529,6 @@ async def run(settings: Any, mappings: MappingSet, write_cache: CacheWrite | Non
                 tg.start_soon(api.serve, *settings.adapter_http)
             tg.start_soon(sender.run)
             tg.start_soon(_expire, outbox)
-            if write_cache is not None:
-                tg.start_soon(_write_mapping_cache, write_cache)
             async with anyio.create_task_group() as intake:
                 intake.start_soon(_stop_on_signal, intake)
                 intake.start_soon(mqtt.run)
@@ -577,19 +563,6 @@ FORWARD_SLICE = 32  # messages mapped, stored and acknowledged between looks at 
 UNMAPPED_TOPICS_KEPT = 1000
 OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
 SHUTDOWN_GRACE = 5.0
-
-
-MAPPING_CACHE_DELAY = 2.0  # s after the loop starts: connecting and subscribing come first
-
-
-async def _write_mapping_cache(write: CacheWrite) -> None:
-    # Out of start-up's way: pickling 10,000 compiled rules takes 0.1 s of the GIL. A stop
-    # before then writes it on the way out, so the next start reads it.
-    try:
-        await anyio.sleep(MAPPING_CACHE_DELAY)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(write)
 
 
 async def _expire(outbox: Outbox) -> None:

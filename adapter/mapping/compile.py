@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import math
 import sys
-import threading
 import zoneinfo
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, tzinfo
 from pathlib import Path as FilePath
 from typing import Any
@@ -414,45 +411,10 @@ def compile_files(
     return rules, commands
 
 
-def load_files(directory: FilePath) -> tuple[list[Rule], list[CommandRule], list[FilePath]]:
-    sources = read_files(directory)
-    rules, commands = compile_files(sources)
-    return rules, commands, [path for path, _ in sources]
-
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while loading: parsing allocates about a million
-    objects for 10,000 rules that all stay alive until compiled, and the collector would
-    walk them again and again (it was more than half of the load time). Loading makes no
-    reference cycles worth collecting. Counted, so overlapping loads (a hot reload in a
-    worker thread) restore the collector only when the last one ends."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 __all__ = [
     "MappingError",
     "compile_files",
     "compile_text",
-    "gc_paused",
-    "load_files",
     "path_of",
     "read_files",
 ]
