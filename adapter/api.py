@@ -122,7 +122,7 @@ class Metrics:
             "platform_up": ("1 when the platform link is ready", 1.0 if a.connector.ready else 0.0),
             "mqtt_up": (
                 "1 when connected to the broker",
-                1.0 if a.mqtt.connected.is_set() else 0.0,
+                1.0 if a.mqtt.connected else 0.0,
             ),
             "devices": ("devices the gateway manages", len(a.connector.devices)),
         }
@@ -239,7 +239,7 @@ class Api:
         a = self.adapter
         down_for = a.platform_down_for()
         body = {
-            "mqtt": "up" if a.mqtt.connected.is_set() else "down",
+            "mqtt": "up" if a.mqtt.connected else "down",
             "platform": "up" if a.connector.ready else "down",
             "platform_down_for_s": None if down_for is None else round(down_for, 1),
             "platform_last_error": a.connector.last_error or None,
@@ -258,9 +258,9 @@ class Api:
         return json_response(
             {
                 "mqtt": {
-                    "up": a.mqtt.connected.is_set(),
+                    "up": a.mqtt.connected,
                     "client_id": a.mqtt.client_id,
-                    ("up_for_s" if a.mqtt.connected.is_set() else "down_for_s"): round(
+                    ("up_for_s" if a.mqtt.connected else "down_for_s"): round(
                         time.monotonic() - a.mqtt.changed_at, 1
                     ),
                 },

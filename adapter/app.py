@@ -193,23 +193,14 @@ class Adapter:
         self.count("mapping_reloads")
         log.info("mappings reloaded: %d rules, %d command rules", len(new.rules), len(new.commands))
 
-    async def forward(self) -> None:
-        """MQTT messages to outbox rows, in slices; each slice is acknowledged to the broker
-        only after it was written to the outbox (at-least-once from the broker on), then
-        handed to the history writer. Small slices keep the broker sending: it holds back
-        QoS 1 messages beyond its in-flight limit (Mosquitto: 20 by default) until they are
-        acknowledged."""
-        while True:
-            try:
-                batch = await self.mqtt.inbox.get_batch(FORWARD_BATCH)
-            except anyio.EndOfStream:
-                return
-            for start in range(0, len(batch), FORWARD_SLICE):
-                await self._forward_slice(batch[start : start + FORWARD_SLICE])
-                # Let the answers in and the freed slots refill between slices: with
-                # CONNECTOR_INFLIGHT events in flight the rate is that window per round
-                # trip, and a whole batch mapped in one go stretched the round trip.
-                await anyio.lowlevel.checkpoint()
+    async def forward(self, batch: list[Message]) -> None:
+        """A batch read from the broker to outbox rows, in slices; each slice is
+        acknowledged to the broker only after it was written to the outbox (at-least-once
+        from the broker on), then handed to the history writer."""
+        for start in range(0, len(batch), FORWARD_SLICE):
+            await self._forward_slice(batch[start : start + FORWARD_SLICE])
+            # Let the answers in and the freed slots refill between slices.
+            await anyio.lowlevel.checkpoint()
 
     async def _forward_slice(self, messages: list[Message]) -> None:
         events: list[NewEvent] = []
@@ -217,6 +208,8 @@ class Adapter:
         readings: list[Reading] = []
         discovered = False
         for message in messages:
+            if not message.topic:  # not UTF-8: counted and logged by the link
+                continue
             if self.discovery is not None and self.discovery.owns(message.topic):
                 # Configuration, not telemetry: read whatever FORWARD_RETAINED says.
                 self.count("discovery_messages")
@@ -531,8 +524,7 @@ async def run(settings: Any, mappings: MappingSet) -> None:
             tg.start_soon(_expire, outbox)
             async with anyio.create_task_group() as intake:
                 intake.start_soon(_stop_on_signal, intake)
-                intake.start_soon(mqtt.run)
-                intake.start_soon(adapter.forward)
+                intake.start_soon(mqtt.run, adapter.forward)
                 intake.start_soon(recorder.run)
                 intake.start_soon(adapter.handle_commands, intake)
                 intake.start_soon(adapter.watch_mappings)
@@ -557,7 +549,6 @@ async def run(settings: Any, mappings: MappingSet) -> None:
         history_writes.close()
 
 
-FORWARD_BATCH = 256
 GC_YOUNG_THRESHOLD = 5_000
 FORWARD_SLICE = 32  # messages mapped, stored and acknowledged between looks at the websocket
 UNMAPPED_TOPICS_KEPT = 1000

@@ -1,6 +1,9 @@
-"""The MQTT shell: a paho-mqtt 2.x client on its own network thread, handing messages to
-the anyio side through a bounded stream (a full stream holds paho's thread, so a slow
-platform pushes back on the broker, not on memory).
+"""The MQTT shell: a paho-mqtt 2.x client driven from the anyio event loop through paho's
+documented external-loop calls (`loop_read`, `loop_write`, `loop_misc`, `socket`,
+`want_write`, `on_socket_register_write`). No network thread: messages are read in
+batches and handed to `deliver`, which the reader awaits, so a slow pipeline stops the
+reads and the broker holds the messages. QoS 1 messages are acknowledged (paho's manual
+`ack`) only when the pipeline says so, in the order they arrived.
 """
 
 from __future__ import annotations
@@ -8,33 +11,35 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import secrets
 import socket
 import ssl
-import struct
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from adapter.inbox import Inbox
+from adapter.config import Settings
 from adapter.sepl.state import write_atomically
 
-_PUBACK = struct.Struct("!BBH")  # type 4 << 4, remaining length 2, packet id
-
 log = logging.getLogger("adapter.mqtt")
+
+BATCH = 256  # messages read before they are handed on
+MISC_INTERVAL = 1.0  # s between paho's keep-alive checks (loop_misc)
+KEEPALIVE = 30
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
+STOP_GRACE = 2.0  # s for the retained `offline` and DISCONNECT on the way out
 
 
 class PublishRefused(ValueError):
@@ -43,12 +48,25 @@ class PublishRefused(ValueError):
 
 
 class Message(NamedTuple):  # one per message: a tuple is the cheapest to make
-    topic: str
+    topic: str  # "" when the broker sent a topic that is not UTF-8 (never mapped)
     payload: bytes
     qos: int
     retain: bool
     received: datetime
     mid: int = 0
+
+
+Deliver = Callable[[list[Message]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class MqttStatus:
+    """What the API shows of the broker link."""
+
+    connected: bool
+    for_s: float  # seconds since `connected` last changed
+    client_id: str
+    received: int
 
 
 def stable_client_id(state_dir: Path) -> str:
@@ -74,111 +92,12 @@ def check_publish_topic(topic: str) -> None:
         )
 
 
-_SUBACK_CODES: dict[int, ReasonCode] = {}
-
-
-def _suback_code(code: int) -> ReasonCode:
-    known = _SUBACK_CODES.get(code)
-    if known is None:  # a code paho refuses raises here as it would in paho
-        known = _SUBACK_CODES[code] = ReasonCode(PacketTypes.SUBACK, identifier=code)
-    return known
-
-
-class _Client(mqtt.Client):
-    """paho reads each packet with three system calls (type, length, body) after a
-    select(), one packet per turn of its loop: under a flood that costs as much as mapping
-    the message. This client reads the socket 64 KiB at a time and hands paho its pieces,
-    and turns the loop until they are used up (so no byte waits in the buffer for a
-    select() that would not wake)."""
-
-    _READ_SIZE = 65536
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._read_sock: object = None
-        self._read_buf = b""
-        self._read_pos = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._read_sock is not self._sock:  # a new connection: nothing carried over
-            self._read_sock, self._read_buf, self._read_pos = self._sock, b"", 0
-        pos = self._read_pos
-        if pos >= len(self._read_buf):
-            data = super()._sock_recv(max(bufsize, self._READ_SIZE))
-            if len(data) <= bufsize:
-                self._read_buf, self._read_pos = b"", 0
-                return data
-            self._read_buf, pos = data, 0
-        end = pos + bufsize
-        self._read_pos = end
-        return self._read_buf[pos:end]
-
-    # QoS 0 and 1 PUBLISH packets of MQTT 3.1.1 go straight to this callback (topic
-    # bytes, payload, qos, retain, packet id), without paho's message objects (a Condition
-    # each), callback lookup and logging; QoS 2 and MQTT 5 (properties, topic aliases)
-    # take paho's way to on_message.
-    take_publish: Callable[[bytes, bytes, int, bool, int], None] | None = None
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        take = self.take_publish
-        command = self._in_packet["command"]
-        qos = (command >> 1) & 3
-        if take is not None and qos < 2 and self._protocol != MQTTProtocolVersion.MQTTv5:
-            packet = bytes(self._in_packet["packet"])  # paho collects it in a bytearray
-            end = 2 + ((packet[0] << 8) | packet[1]) if len(packet) >= 2 else 0
-            if 2 < end <= len(packet) - 2 * qos:  # else paho reports it malformed
-                retain = bool(command & 1)
-                if qos:
-                    mid = (packet[end] << 8) | packet[end + 1]
-                    take(packet[2:end], packet[end + 2 :], 1, retain, mid)
-                else:
-                    take(packet[2:end], packet[end:], 0, retain, 0)
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._handle_publish()
-
-    def _handle_suback(self) -> None:
-        # paho makes a ReasonCode object per filter: 10,000 filters took 60 ms of the GIL
-        # in the middle of start-up. MQTT 3.1.1 has four return codes; they are made once.
-        packet = bytes(self._in_packet["packet"])
-        if (
-            self._protocol == MQTTProtocolVersion.MQTTv5
-            or self._callback_api_version != CallbackAPIVersion.VERSION2
-            or len(packet) < 2
-        ):
-            super()._handle_suback()
-            return
-        mid = (packet[0] << 8) | packet[1]
-        codes = [_suback_code(code) for code in packet[2:]]
-        on_subscribe = cast(mqtt.CallbackOnSubscribe_v2 | None, self.on_subscribe)
-        if on_subscribe is None:
-            return
-        properties = Properties(PacketTypes.SUBACK)  # type: ignore[no-untyped-call]
-        with self._in_callback_mutex:
-            try:
-                on_subscribe(self, self._userdata, mid, codes, properties)
-            except Exception as err:
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_subscribe: %s", err)
-                if not self.suppress_exceptions:
-                    raise
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        while (
-            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-            and self._read_pos < len(self._read_buf)
-            and self._sock is self._read_sock
-        ):
-            rc = super().loop_read(max_packets)
-        return rc
-
-
 class MqttLink:
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         client_id: str,
         filters: list[str],
-        buffer: int = 1000,
         state_dir: Path | None = None,
     ) -> None:
         self.settings = settings
@@ -188,21 +107,28 @@ class MqttLink:
         # the last run) dropped are unsubscribed instead of flowing in forever.
         self._subscriptions_file = None if state_dir is None else state_dir / "mqtt-filters.json"
         self._subscribed = self._load_subscribed()
-        self._lock = threading.Lock()
         self._pending: dict[int, list[str]] = {}
-        self.connected = threading.Event()
+        self.connected = False
         self.changed_at = time.monotonic()  # when `connected` last changed
         self.received = 0
         self.undecodable = 0
-        self.inbox: Inbox[Message] = Inbox(buffer)
+        self._batch: list[Message] = []
+        self._write_wanted = anyio.Event()
+        self._loop_thread = threading.get_ident()
         self._client = self._make_client()
+
+    def status(self) -> MqttStatus:
+        return MqttStatus(
+            self.connected,
+            round(time.monotonic() - self.changed_at, 1),
+            self.client_id,
+            self.received,
+        )
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         v5 = s.mqtt_protocol == "5"
-        # The buffered reader relies on paho's _sock_recv; a paho without it reads as is.
-        make = _Client if hasattr(mqtt.Client, "_sock_recv") else mqtt.Client
-        client = make(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -223,17 +149,32 @@ class MqttLink:
                 context.verify_mode = ssl.CERT_NONE
             client.tls_set_context(context)
         client.will_set(s.mqtt_status_topic, "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
-        if isinstance(client, _Client):
-            client.take_publish = self._take_publish
         client.on_subscribe = self._on_subscribe
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_close = self._on_socket_close
         return client
 
-    # --- paho thread ---------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        scheme = "mqtts" if self.settings.mqtt_tls else "mqtt"
+        return f"{scheme}://{self.settings.mqtt_host}:{self.settings.mqtt_port}"
+
+    # --- paho's callbacks (all on the event loop's thread, inside loop_read) -------------
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho queued a packet. The blocking connect runs in a worker thread and queues
+        # CONNECT there: that one is written once connect returns.
+        if threading.get_ident() == self._loop_thread:
+            self._write_wanted.set()
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # paho closes its socket itself (keep-alive timeout, a read error): a reader
+        # waiting on it is woken first (ClosedResourceError) instead of waiting forever.
+        if threading.get_ident() == self._loop_thread:
+            anyio.notify_closing(sock)
 
     def _on_connect(
         self,
@@ -252,11 +193,9 @@ class MqttLink:
             # Command publishes are small and single: Nagle's algorithm held them ~40 ms.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._lock:
-            self._subscribe(client, self.filters, set(self._subscribed) - set(self.filters))
+        self._subscribe(self.filters, self._subscribed - set(self.filters))
         client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
-        self.changed_at = time.monotonic()
-        self.connected.set()
+        self._set_connected(True)
 
     def _on_subscribe(
         self,
@@ -266,20 +205,52 @@ class MqttLink:
         reason_codes: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        with self._lock:
-            filters = self._pending.pop(mid, [])
+        filters = self._pending.pop(mid, [])
         refused = [f for f, rc in zip(filters, reason_codes, strict=False) if rc.is_failure]
         for topic_filter in refused:
             log.error("broker refused the subscription to %s", topic_filter)
         log.info("broker confirmed %d subscriptions", len(reason_codes) - len(refused))
 
-    def _subscribe(self, client: mqtt.Client, add: list[str], remove: set[str]) -> None:
-        """Called with the lock held."""
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        was_connected = self.connected
+        self._set_connected(False)
+        # After a refused CONNACK there was no connection to lose: that was said already.
+        if was_connected and reason.value != 0:
+            log.warning("lost the connection to %s (%s); reconnecting", self.url, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.received += 1
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            # Kept in the batch (and acknowledged in its turn), never mapped.
+            self.undecodable += 1
+            log.warning("dropping a message whose topic is not valid UTF-8")
+            topic = ""
+        self._batch.append(
+            Message(topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC), msg.mid)
+        )
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self.changed_at = time.monotonic()
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    def _subscribe(self, add: list[str], remove: set[str]) -> None:
         if remove:
-            client.unsubscribe(sorted(remove))
+            self._client.unsubscribe(sorted(remove))
             log.info("unsubscribed from %s", ", ".join(sorted(remove)))
         if add:
-            result, mid = client.subscribe([(f, self.settings.mqtt_qos) for f in add])
+            result, mid = self._client.subscribe([(f, self.settings.mqtt_qos) for f in add])
             if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 self._pending[mid] = list(add)
         self._subscribed = set(self.filters)
@@ -287,13 +258,12 @@ class MqttLink:
 
     def set_filters(self, filters: list[str]) -> None:
         """Change the subscriptions without dropping the connection (mapping reload)."""
-        with self._lock:
-            new = sorted(set(filters))
-            added = [f for f in new if f not in self._subscribed]
-            removed = self._subscribed - set(new)
-            self.filters = new
-            if self.connected.is_set():
-                self._subscribe(self._client, added, removed)
+        new = sorted(set(filters))
+        added = [f for f in new if f not in self._subscribed]
+        removed = self._subscribed - set(new)
+        self.filters = new
+        if self.connected:
+            self._subscribe(added, removed)
 
     def _load_subscribed(self) -> set[str]:
         path = self._subscriptions_file
@@ -308,125 +278,142 @@ class MqttLink:
         if self._subscriptions_file is not None:
             write_atomically(self._subscriptions_file, json.dumps(sorted(self._subscribed)))
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        was_connected = self.connected.is_set()
-        if was_connected:
-            self.changed_at = time.monotonic()
-        self.connected.clear()
-        # After a refused CONNACK there was no connection to lose: that was said already.
-        if was_connected and reason.value != 0:
-            log.warning("lost the connection to %s (%s); reconnecting", self.url, reason)
+    # --- the loop ------------------------------------------------------------------------
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # paho calls this inside its `except OSError` of the connect attempt, so the error
-        # is still at hand; without it a TLS failure would leave the log silent.
-        error = sys.exc_info()[1]
-        if isinstance(error, ssl.SSLCertVerificationError):
-            reason = f"certificate not accepted: {error.verify_message}"
-        elif isinstance(error, ssl.SSLError):
-            reason = f"TLS failed: {error.reason or error}"
-        elif error is not None:
-            reason = str(error) or type(error).__name__
-        else:
-            reason = "unknown error"
-        log.warning("cannot connect to %s: %s; retrying", self.url, reason)
-
-    @property
-    def url(self) -> str:
-        scheme = "mqtts" if self.settings.mqtt_tls else "mqtt"
-        return f"{scheme}://{self.settings.mqtt_host}:{self.settings.mqtt_port}"
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    async def run(self, deliver: Deliver) -> None:
+        """Connect, read and hand on messages, reconnect; until cancelled."""
+        self._loop_thread = threading.get_ident()
+        delay = RECONNECT_MIN
         try:
-            topic: str | None = msg.topic
-        except UnicodeDecodeError:
-            topic = None
-        self._accept(topic, bytes(msg.payload), msg.qos, msg.retain, msg.mid)
+            while True:
+                if await self._connect():
+                    started = time.monotonic()
+                    await self._serve(deliver)
+                    if time.monotonic() - started > RECONNECT_MAX:
+                        delay = RECONNECT_MIN
+                await anyio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(RECONNECT_MAX, delay * 2)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop()
 
-    def _take_publish(self, topic: bytes, payload: bytes, qos: int, retain: bool, mid: int) -> None:
-        """_Client's way for QoS 0/1 PUBLISH packets of MQTT 3.1.1."""
-        try:
-            text: str | None = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        self._accept(text, payload, qos, retain, mid)
-
-    def _accept(self, topic: str | None, payload: bytes, qos: int, retain: bool, mid: int) -> None:
-        self.received += 1
-        if topic is None:
-            self.undecodable += 1
-            log.warning("dropping a message whose topic is not valid UTF-8")
-            if qos:
-                self._client.ack(mid, qos)
-            return
-        # put() is False when shutting down: the message then stays unacknowledged.
-        self.inbox.put(Message(topic, payload, qos, retain, datetime.now(UTC), mid))
-
-    # --- anyio side ----------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Connect and keep the network thread running until cancelled."""
-        self.inbox.bind()
+    async def _connect(self) -> bool:
         s = self.settings
-        properties = None
-        if s.mqtt_protocol == "5":
+        options: dict[str, Any] = {}
+        if s.mqtt_protocol == "5":  # 3.1.1 keeps its session through clean_session=False
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 7 * 24 * 3600
-        self._client.connect_async(
-            s.mqtt_host, s.mqtt_port, keepalive=30, clean_start=False, properties=properties
-        )
-        self._client.loop_start()
+            options = {"clean_start": False, "properties": properties}
         try:
-            await anyio.sleep_forever()
-        finally:
-            # Stop taking messages before stopping paho's thread: with the forwarder gone,
-            # that thread can be blocked handing a message into the full stream, and
-            # loop_stop() would wait for it forever (SIGTERM hung until SIGKILL). Closing
-            # the receiving end releases it; what was not taken stays unacknowledged, so
-            # the broker delivers it again after the restart.
-            self.inbox.close()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._stop)
-
-    def _stop(self) -> None:
-        if self.connected.is_set():
-            info = self._client.publish(
-                self.settings.mqtt_status_topic, "offline", qos=1, retain=True
+            # paho's connect resolves, connects and does the TLS handshake, blocking.
+            await anyio.to_thread.run_sync(
+                lambda: self._client.connect(
+                    s.mqtt_host, s.mqtt_port, keepalive=KEEPALIVE, **options
+                )
             )
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(timeout=2)
-        self._client.disconnect()
-        self._client.loop_stop()
+        except (OSError, ValueError) as exc:
+            log.warning("cannot connect to %s: %s; retrying", self.url, _connect_error(exc))
+            return False
+        return True
 
-    def ack(self, messages: list[Message]) -> None:
-        """Acknowledge to the broker (paho's ack is thread-safe)."""
-        mids = [m.mid for m in messages if m.qos == 1]
-        queue = getattr(self._client, "_packet_queue", None)
-        if len(mids) > 1 and queue is not None:
-            # One queued packet holding every PUBACK: paho's ack() wakes its thread and
-            # writes to the socket once per message, which cost as much as mapping one.
-            # A QoS 1 PUBACK is the same four bytes in MQTT 3.1.1 and 5 (no reason code
-            # means success), and paho keeps no state for acknowledgements it sends.
-            queue(mqtt.PUBACK, b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids), mids[-1], 1)
-        else:
-            for mid in mids:
-                self._client.ack(mid, 1)
+    async def _serve(self, deliver: Deliver) -> None:
+        """One connection: reads, writes and keep-alive until the socket goes."""
+        self._write_wanted.set()  # CONNECT, queued in the connect thread
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._writer)
+            tg.start_soon(self._keepalive)
+            await self._reader(deliver)
+            tg.cancel_scope.cancel()
+        self._set_connected(False)
+
+    async def _reader(self, deliver: Deliver) -> None:
+        client = self._client
+        while True:
+            sock = client.socket()
+            if sock is None:
+                return
+            # An SSL socket may hold decrypted bytes that the kernel no longer reports.
+            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                try:
+                    await anyio.wait_readable(sock)
+                except (OSError, anyio.ClosedResourceError):
+                    client.loop_read()  # paho notices the closed socket and reports it
+                    return
+            while len(self._batch) < BATCH:
+                before = len(self._batch)
+                if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                if len(self._batch) == before and not _buffered(client.socket()):
+                    break  # no PUBLISH in that packet (or nothing left): wait again
+            if self._batch:
+                batch, self._batch = self._batch, []
+                await deliver(batch)
+            if client.socket() is None:
+                return
+
+    async def _writer(self) -> None:
+        client = self._client
+        while True:
+            await self._write_wanted.wait()
+            self._write_wanted = anyio.Event()
+            while client.want_write():
+                sock = client.socket()
+                if sock is None:
+                    return
+                if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    return
+                if client.want_write():  # the socket's buffer is full
+                    await anyio.wait_writable(sock)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await anyio.sleep(MISC_INTERVAL)
+            self._client.loop_misc()
+
+    async def _stop(self) -> None:
+        """The retained `offline` and a DISCONNECT, written within STOP_GRACE."""
+        client = self._client
+        if self.connected:
+            client.publish(self.settings.mqtt_status_topic, "offline", qos=1, retain=True)
+        client.disconnect()
+        with anyio.move_on_after(STOP_GRACE):
+            while client.want_write() and (sock := client.socket()) is not None:
+                if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+                if client.want_write():
+                    await anyio.wait_writable(sock)
+        with contextlib.suppress(OSError):
+            client.loop_read()  # takes the broker's close and lets paho release the socket
+        self._set_connected(False)
+
+    # --- for the pipeline and the command handler ----------------------------------------
+
+    def ack(self, messages: Sequence[Message]) -> None:
+        """Acknowledge QoS 1 and 2 messages to the broker, in the order given."""
+        client = self._client
         for message in messages:
-            if message.qos == 2:
-                self._client.ack(message.mid, 2)
+            if message.qos:
+                client.ack(message.mid, message.qos)
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> None:
         """Publish a command. Never retained (device-conventions §3.4 item 2)."""
         check_publish_topic(topic)
+        if not self.connected:
+            raise ConnectionError(f"not connected to the broker; {topic} not published")
         info = self._client.publish(topic, payload, qos=qos, retain=False)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-            raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if info.rc == mqtt.MQTT_ERR_NO_CONN:
             raise ConnectionError(f"not connected to the broker; {topic} not published")
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+
+
+def _buffered(sock: Any) -> bool:
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
+def _connect_error(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"certificate not accepted: {error.verify_message}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed: {error.reason or error}"
+    return str(error) or type(error).__name__

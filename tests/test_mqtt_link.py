@@ -1,10 +1,11 @@
-"""MqttLink against a real Mosquitto: the buffered reader and the PUBLISH fast path
-(mqtt._Client) hand on every message whole and in order, whatever the sizes and however
-the reads cut the packets, and start clean on a new connection."""
+"""MqttLink against a real Mosquitto: paho driven from the event loop hands on every
+message whole and in order, acknowledges only what the pipeline acknowledged, holds back
+reading while the pipeline is busy, and starts clean on a new connection."""
 
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from adapter import config
 from adapter.devbroker import Broker
-from adapter.mqtt import Message, MqttLink, _Client
+from adapter.mqtt import Message, MqttLink
 
 WAIT = 20.0
 
@@ -24,7 +25,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def link_for(broker: Broker, tmp_path: Path, protocol: str = "3.1.1") -> MqttLink:
+def link_for(
+    broker: Broker, tmp_path: Path, protocol: str = "3.1.1", client_id: str = "test-link"
+) -> MqttLink:
     settings = config.load(
         None,
         {
@@ -35,7 +38,42 @@ def link_for(broker: Broker, tmp_path: Path, protocol: str = "3.1.1") -> MqttLin
         },
     )
     (tmp_path / "state").mkdir(exist_ok=True)
-    return MqttLink(settings, "test-link", ["bench/#"], state_dir=tmp_path / "state", buffer=64)
+    return MqttLink(settings, client_id, ["bench/#"], state_dir=tmp_path / "state")
+
+
+class Pipeline:
+    """Stands in for the adapter's pipeline: keeps what arrives and acknowledges it, unless
+    told to hold (then nothing is acknowledged) or to block (then nothing is taken)."""
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+        self.got: list[Message] = []
+        self.batches = 0
+        self.acknowledge = True
+        self.open = anyio.Event()
+        self.open.set()
+        self.arrived = anyio.Event()
+
+    async def deliver(self, batch: list[Message]) -> None:
+        await self.open.wait()
+        self.batches += 1
+        self.got.extend(batch)
+        if self.acknowledge:
+            self.link.ack(batch)
+        self.arrived.set()
+
+    async def wait_for(self, count: int) -> list[Message]:
+        with anyio.fail_after(WAIT):
+            while len(self.got) < count:
+                self.arrived = anyio.Event()
+                await self.arrived.wait()
+        return self.got
+
+
+async def wait_connected(link: MqttLink) -> None:
+    with anyio.fail_after(WAIT):
+        while not link.connected:
+            await anyio.sleep(0.01)
 
 
 def publish_all(broker: Broker, messages: list[tuple[str, bytes]], qos: int) -> None:
@@ -63,35 +101,24 @@ def payloads() -> list[tuple[str, bytes]]:
     return out
 
 
-async def collect(link: MqttLink, count: int) -> list[Message]:
-    got: list[Message] = []
-    with anyio.fail_after(WAIT):
-        while len(got) < count:
-            batch = await link.inbox.get_batch(500)
-            link.ack(batch)
-            got.extend(batch)
-    return got
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("qos", [0, 1, 2])
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])  # 5 goes paho's own way
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_every_message_arrives_whole_and_in_order(
     broker: Broker, tmp_path: Path, qos: int, protocol: str
 ) -> None:
     link = link_for(broker, tmp_path, protocol)
-    assert isinstance(link._client, _Client)  # the buffered reader is the one under test
+    pipeline = Pipeline(link)
     sent = payloads()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(link.run)
-        with anyio.fail_after(WAIT):
-            while not link.connected.is_set():
-                await anyio.sleep(0.01)
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
         await anyio.to_thread.run_sync(publish_all, broker, sent, qos)
-        got = await collect(link, len(sent))
+        got = await pipeline.wait_for(len(sent))
         tg.cancel_scope.cancel()
     assert [(m.topic, m.payload) for m in got] == sent
     assert {m.qos for m in got} == {min(qos, 1)}  # the adapter subscribes with QoS 1
+    assert pipeline.batches < len(sent)  # read and handed on in batches
 
 
 @pytest.mark.anyio
@@ -99,25 +126,22 @@ async def test_a_new_connection_reads_from_a_clean_buffer(broker: Broker, tmp_pa
     """A broker restart mid-stream: what the persistent session kept arrives after it, with
     nothing of the old connection's bytes mixed in."""
     link = link_for(broker, tmp_path)
+    pipeline = Pipeline(link)
     first = [(f"bench/a/{n}", f"first {n}".encode()) for n in range(500)]
     second = [(f"bench/b/{n}", f"second {n}".encode() * 50) for n in range(500)]
     async with anyio.create_task_group() as tg:
-        tg.start_soon(link.run)
-        with anyio.fail_after(WAIT):
-            while not link.connected.is_set():
-                await anyio.sleep(0.01)
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
         await anyio.to_thread.run_sync(publish_all, broker, first, 1)
-        got = await collect(link, len(first))
+        got = list(await pipeline.wait_for(len(first)))
         await anyio.to_thread.run_sync(broker.restart)
-        with anyio.fail_after(WAIT):
-            while not link.connected.is_set():
-                await anyio.sleep(0.05)
+        await wait_connected(link)
         await anyio.to_thread.run_sync(publish_all, broker, second, 1)
-        after: list[Message] = []
         with anyio.fail_after(WAIT):
-            while sum(m.topic.startswith("bench/b/") for m in after) < len(second):
-                after += await collect(link, 1)
+            while sum(m.topic.startswith("bench/b/") for m in pipeline.got) < len(second):
+                await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
+    after = pipeline.got[len(first) :]
     assert [(m.topic, m.payload) for m in got] == first
     # PUBACKs the broker had not seen before it stopped: those messages come again
     # (at least once), each whole; the new ones all arrive, in order.
@@ -127,35 +151,125 @@ async def test_a_new_connection_reads_from_a_clean_buffer(broker: Broker, tmp_pa
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("protocol", ["3.1.1", "5"])  # 5 goes paho's own way
+async def test_only_what_the_pipeline_acknowledged_is_gone_from_the_broker(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Acknowledged messages are not sent again after a reconnect; the others are."""
+    sent = [(f"bench/x/{n}", f"{n}".encode()) for n in range(200)]
+    link = link_for(broker, tmp_path)
+    pipeline = Pipeline(link)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
+        await anyio.to_thread.run_sync(publish_all, broker, sent[:100], 1)
+        await pipeline.wait_for(100)
+        pipeline.acknowledge = False
+        await anyio.to_thread.run_sync(publish_all, broker, sent[100:], 1)
+        await pipeline.wait_for(200)
+        tg.cancel_scope.cancel()
+    again = link_for(broker, tmp_path)
+    later = Pipeline(again)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(again.run, later.deliver)
+        # The broker has at most its in-flight window (100) of them out unacknowledged
+        # and queued the rest: all come again, none of the acknowledged ones.
+        got = await later.wait_for(100)
+        await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    assert [(m.topic, m.payload) for m in got] == sent[100:]
+
+
+@pytest.mark.anyio
+async def test_a_busy_pipeline_holds_back_reading(broker: Broker, tmp_path: Path) -> None:
+    """While the pipeline takes nothing, the link reads one batch at most: the broker keeps
+    the rest (a slow platform pushes back on the broker, not on memory)."""
+    link = link_for(broker, tmp_path)
+    pipeline = Pipeline(link)
+    pipeline.open = anyio.Event()  # closed
+    sent = [(f"bench/y/{n}", b"x" * 100) for n in range(3000)]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
+        await anyio.to_thread.run_sync(publish_all, broker, sent, 1)
+        await anyio.sleep(0.5)
+        held = link.received
+        pipeline.open.set()
+        got = await pipeline.wait_for(len(sent))
+        tg.cancel_scope.cancel()
+    assert held <= 256 + 100  # one batch, and the broker's in-flight window
+    assert [(m.topic, m.payload) for m in got] == sent
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 async def test_thousands_of_subscriptions_are_confirmed_and_deliver(
     broker: Broker, tmp_path: Path, protocol: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One SUBSCRIBE of 5,000 filters; the SUBACK (read with shared reason codes for
-    3.1.1) confirms them all, and a message on the last filter arrives."""
+    """One SUBSCRIBE of 5,000 filters; the SUBACK confirms them all, and a message on the
+    last filter arrives."""
     link = link_for(broker, tmp_path, protocol)
     link.filters = [f"site{n}/tele/+/SENSOR" for n in range(5000)]
+    pipeline = Pipeline(link)
     caplog.set_level("INFO", logger="adapter.mqtt")
     async with anyio.create_task_group() as tg:
-        tg.start_soon(link.run)
+        tg.start_soon(link.run, pipeline.deliver)
         with anyio.fail_after(WAIT):
             while "broker confirmed" not in caplog.text:
                 await anyio.sleep(0.01)
         await anyio.to_thread.run_sync(publish_all, broker, [("site4999/tele/x/SENSOR", b"1")], 1)
-        got = await collect(link, 1)
+        got = await pipeline.wait_for(1)
         tg.cancel_scope.cancel()
     assert "broker confirmed 5000 subscriptions" in caplog.text
     assert "refused" not in caplog.text
     assert [(m.topic, m.payload) for m in got] == [("site4999/tele/x/SENSOR", b"1")]
 
 
-def test_suback_codes_are_paho_s_and_shared() -> None:
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.reasoncodes import ReasonCode
+@pytest.mark.anyio
+async def test_a_stop_leaves_a_retained_offline_and_disconnects(
+    broker: Broker, tmp_path: Path
+) -> None:
+    link = link_for(broker, tmp_path)
+    pipeline = Pipeline(link)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
+        tg.cancel_scope.cancel()
+    assert not link.connected
 
-    from adapter.mqtt import _suback_code
+    seen: list[bytes] = []
 
-    for code in (0, 1, 2, 0x80):
-        assert _suback_code(code) == ReasonCode(PacketTypes.SUBACK, identifier=code)
-        assert _suback_code(code) is _suback_code(code)
-    assert _suback_code(0x80).is_failure and not _suback_code(1).is_failure
+    def status() -> None:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-status")
+        client.on_message = lambda c, u, m: seen.append(m.payload)
+        client.connect("127.0.0.1", broker.port)
+        client.subscribe("sepl-adapter/status")
+        client.loop_start()
+        try:
+            for _ in range(100):
+                if seen:
+                    break
+                time.sleep(0.05)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    await anyio.to_thread.run_sync(status)
+    assert seen == [b"offline"]
+
+
+@pytest.mark.anyio
+async def test_commands_are_published_and_never_retained(broker: Broker, tmp_path: Path) -> None:
+    link = link_for(broker, tmp_path)
+    link.filters = ["cmnd/#"]
+    pipeline = Pipeline(link)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
+        with anyio.fail_after(WAIT):
+            while not link.status().connected:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.2)  # the SUBACK
+        await link.publish("cmnd/plug/POWER", "ON", 1)
+        got = await pipeline.wait_for(1)
+        tg.cancel_scope.cancel()
+    assert [(m.topic, m.payload, m.retain) for m in got] == [("cmnd/plug/POWER", b"ON", False)]
