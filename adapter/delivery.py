@@ -14,8 +14,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from adapter.outbox import Entry, Outbox
-from adapter.sepl.client import (
-    Connector,
+from adapter.sepl.client import Connector
+from adapter.sepl.errors import (
     ConnectorError,
     DeviceQuarantined,
     EventRejected,

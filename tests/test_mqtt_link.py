@@ -240,7 +240,7 @@ async def test_a_stop_leaves_a_retained_offline_and_disconnects(
 
     def status() -> None:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-status")
-        client.on_message = lambda c, u, m: seen.append(m.payload)
+        client.on_message = lambda c, u, m: seen.append(bytes(m.payload))
         client.connect("127.0.0.1", broker.port)
         client.subscribe("sepl-adapter/status")
         client.loop_start()

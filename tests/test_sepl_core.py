@@ -34,7 +34,6 @@ from adapter.sandbox.platform import Platform
 from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.backoff import Backoff
-from adapter.sepl.client import _Tokens
 from adapter.sepl.device import (
     EMPTY_GATEWAY_HASH,
     Device,
@@ -70,6 +69,7 @@ from adapter.sepl.messages import (
     payload_text,
     reply_payload,
 )
+from adapter.sepl.session import GatewaySession
 from adapter.sepl.state import GatewayState, write_atomically
 
 PROTOCOL_DOC = Path("/work/shared/sepl-protocol.md")
@@ -1132,8 +1132,8 @@ def test_write_atomically_cleans_up_after_a_failed_rename(
 
 
 def test_request_tokens_are_distinct_uuid4_strings() -> None:
-    tokens = _Tokens()
-    made = [tokens.next() for _ in range(5000)]  # several pools of entropy
+    session = GatewaySession(devices={})
+    made = [session.new_token() for _ in range(5000)]
     assert len(set(made)) == len(made)
     for token in made:
         parsed = uuid.UUID(token)

@@ -105,9 +105,7 @@ class SandboxServer:
     # --- websocket connector -------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        # No permessage-deflate: the connector's frames pass as written, and the client
-        # reads the answers on its fast path (wsframes.py); tests/test_wsframes.py has a
-        # peer that compresses.
+        # No permessage-deflate: the connector's frames pass as written.
         ws = web.WebSocketResponse(autoping=False, max_msg_size=MAX_FRAME, compress=False)
         if not ws.can_prepare(request).ok:
             return web.Response(text="SEPL sandbox platform: connect with a websocket\n")

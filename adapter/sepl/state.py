@@ -89,7 +89,13 @@ class GatewayState:
             write_atomically(self.directory / "gid", gid + "\n")
 
     def set_devices(self, devices: dict[str, Device]) -> None:
-        self.devices = dict(devices)
+        """Replace the device set (in place: a session reads this very dict) and save it."""
+        if devices is not self.devices:
+            self.devices.clear()
+            self.devices.update(devices)
+        self.save_devices()
+
+    def save_devices(self) -> None:
         if self.directory is not None:
             rows = [
                 {"uri": d.uri, "name": d.name, "type": d.device_type, "tags": list(d.tags)}
