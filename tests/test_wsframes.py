@@ -22,12 +22,12 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.uri import parse_uri
 
-from adapter.devbroker import free_port
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
 from adapter.sepl.client import _Connection
 from adapter.sepl.envelope import encode_command, encode_response
 from adapter.sepl.messages import build_command
 from adapter.sepl.wsframes import FrameSplitter
+from sepl_dev.broker import free_port
 
 HTTP = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
