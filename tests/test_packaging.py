@@ -9,6 +9,7 @@ the source tree, and runs the installed `sepl-adapter` there.
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import json
 import logging
@@ -81,6 +82,26 @@ def test_every_package_directory_is_listed_in_pyproject() -> None:
         "adapter.bundled.mappings": "mappings",
         "adapter.bundled.mosquitto": "mosquitto",
     }
+
+
+def test_the_runtime_does_not_import_the_dev_tools() -> None:
+    """Only the command line (the top layer) may reach sepl_dev, by import or by name."""
+    reaching = []
+    for path in sorted((REPO / "adapter").rglob("*.py")):
+        if path == REPO / "adapter" / "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]  # importlib.import_module("sepl_dev...")
+            else:
+                continue
+            if any(name == "sepl_dev" or name.startswith("sepl_dev.") for name in names):
+                reaching.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not reaching, f"the runtime imports the dev tools: {reaching}"
 
 
 def test_the_source_tree_uses_its_own_directories() -> None:
@@ -489,6 +510,9 @@ def test_the_installed_wheel_runs_outside_the_source_tree(installed: Path, tmp_p
 
     version = run("--version")
     assert (version.returncode, version.stdout) == (0, f"sepl-adapter {VERSION}\n")
+
+    simulate = run("simulate", "--help")  # the dev tools ship in the wheel
+    assert simulate.returncode == 0 and "--devices" in simulate.stdout, simulate.stderr
 
     target = work / "adapter-config"
     init = run("init", str(target))
