@@ -49,7 +49,7 @@ mosquitto:
 	fi
 
 run: setup
-	$(VPY) -m adapter.devstack
+	$(VPY) -m sepl_dev.stack
 
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

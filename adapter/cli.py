@@ -53,7 +53,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "simulate": (
         "simulate Tasmota devices on an MQTT broker",
-        "adapter.simulate",
+        "sepl_dev.simulate",
         "configure_parser",
         "main",
     ),

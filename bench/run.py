@@ -1,6 +1,6 @@
 """`make bench`: the adapter against a naive forwarder, real processes, one run (issue [6]).
 
-Every scenario starts its own Mosquitto (adapter/devbroker.py, quiet log) and its own
+Every scenario starts its own Mosquitto (sepl_dev/broker.py, quiet log) and its own
 acknowledging sink (bench/sink.py) on free loopback ports, then the adapter
 (`python -m adapter run`, a temporary state directory, only the Tasmota mapping file) or
 the naive forwarder (bench/naive.py), and drives it with bench/loadgen.py. The adapter's
@@ -46,8 +46,8 @@ from typing import Any, TypeVar
 
 from websockets.sync.client import ClientConnection, connect
 
-from adapter.devbroker import Broker, child_preexec, free_port, port_accepts, stop_process
 from adapter.sepl.device import Device, gateway_hash
+from sepl_dev.broker import Broker, child_preexec, free_port, port_accepts, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from adapter.devbroker import MOSQUITTO_MISSING, Broker, BrokerError, find_mosquitto
-from adapter.devbroker import free_port as _free_port
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import MOSQUITTO_MISSING, Broker, BrokerError, find_mosquitto
+from sepl_dev.broker import free_port as _free_port
+from sepl_dev.stack import SandboxProcess
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS_MOSQUITTO = {"broker"}

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from adapter.devbroker import child_preexec, stop_process
+from sepl_dev.broker import child_preexec, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapter.api import LATENCY_BUCKETS, Latency
-from adapter.devbroker import Broker, free_port
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import Broker, free_port
+from sepl_dev.stack import SandboxProcess
 from tests.processes import AdapterProcess, wait_until
 from tests.test_e2e import events_of, http_json, publish
 

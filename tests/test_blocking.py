@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from adapter.devstack import SandboxProcess
 from adapter.sepl import BlockingConnector, ConnectorConfig
+from sepl_dev.stack import SandboxProcess
 from tests.test_e2e import POW_SENSOR, events_of, http_json
 from tests.test_legacy import KITCHEN
 

@@ -28,9 +28,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from adapter.devbroker import Broker, free_port
-from adapter.devstack import SandboxProcess
 from adapter.web import add_status_page
+from sepl_dev.broker import Broker, free_port
+from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 from tests.test_e2e import FakeTasmota, events_of, http_json, publish
 

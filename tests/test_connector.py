@@ -30,8 +30,6 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from adapter.devbroker import free_port
-from adapter.devstack import SandboxProcess
 from adapter.sepl import (
     Command,
     Connector,
@@ -42,6 +40,8 @@ from adapter.sepl import (
     LinkDown,
     gateway_hash,
 )
+from sepl_dev.broker import free_port
+from sepl_dev.stack import SandboxProcess
 
 T = TypeVar("T")
 

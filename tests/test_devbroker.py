@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from adapter.devbroker import (
+from sepl_dev.broker import (
     MOSQUITTO_MISSING,
     Broker,
     BrokerError,

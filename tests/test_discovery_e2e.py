@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from adapter.devbroker import Broker, free_port
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import Broker, free_port
+from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 from tests.test_discovery import (
     ESPHOME_SENSOR,

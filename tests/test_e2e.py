@@ -15,8 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from adapter.devbroker import Broker
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import Broker
+from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 
 # shared/device-conventions.md §1.4, Sonoff POW (tele/<topic>/SENSOR)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from adapter.devbroker import Broker
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import Broker
+from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 from tests.test_e2e import POW_SENSOR, events_of, http_json, publish
 

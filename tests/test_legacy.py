@@ -11,9 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
-from adapter.devstack import SandboxProcess
 from adapter.sepl import Connector, ConnectorConfig, Device
 from adapter.sepl.state import GatewayState
+from sepl_dev.stack import SandboxProcess
 from tests.test_e2e import POW_SENSOR
 
 
@@ -86,7 +86,7 @@ async def test_legacy_dialect_end_to_end(sandbox: SandboxProcess, tmp_path: Path
 
 @pytest.mark.anyio
 async def test_legacy_registration_with_wrong_password_is_refused(tmp_path: Path) -> None:
-    from adapter.devbroker import free_port
+    from sepl_dev.broker import free_port
 
     sandbox = SandboxProcess(free_port(), tmp_path / "sb", tmp_path / "sb.log")
     sandbox.argv = lambda: [  # type: ignore[method-assign]

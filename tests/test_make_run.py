@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from adapter.devbroker import port_accepts
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import port_accepts
+from sepl_dev.stack import SandboxProcess
 
 REPO = Path(__file__).resolve().parents[1]
 # Everything before the stack is up, including a first `pip install` by make's set-up.
@@ -122,7 +122,7 @@ def test_make_run_delivers_events_and_stops_cleanly_on_ctrl_c(
     argv = (
         [make, "--no-print-directory", "-C", str(REPO), "run"]
         if make
-        else [sys.executable, "-m", "adapter.devstack"]
+        else [sys.executable, "-m", "sepl_dev.stack"]
     )
     proc = subprocess.Popen(
         argv,

@@ -14,8 +14,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from adapter import config
-from adapter.devbroker import Broker
 from adapter.mqtt import Message, MqttLink
+from sepl_dev.broker import Broker
 
 WAIT = 20.0
 

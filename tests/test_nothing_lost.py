@@ -38,8 +38,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapter.devbroker import Broker, free_port
-from adapter.devstack import SandboxProcess
+from sepl_dev.broker import Broker, free_port
+from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 
 pytestmark = pytest.mark.slow

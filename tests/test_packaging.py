@@ -9,6 +9,7 @@ the source tree, and runs the installed `sepl-adapter` there.
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import json
 import logging
@@ -38,8 +39,17 @@ UNIT = REPO / "contrib" / "sepl-adapter.service"
 ADDON = REPO / "contrib" / "home-assistant"
 HOME = {"HOME": "/home/u"}
 MAPPING_FILES = sorted(p.name for p in (REPO / "mappings").glob("*.yaml"))
+# The wheel's top-level packages: the runtime and the dev tools.
+PACKAGE_ROOTS = ("adapter", "sepl_dev")
 # What a build needs; the rest of the tree (tests, .venv, bench) stays out of the copy.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "CHANGELOG.md", "adapter", "mappings", "mosquitto")
+BUILD_INPUTS = (
+    "pyproject.toml",
+    "README.md",
+    "CHANGELOG.md",
+    *PACKAGE_ROOTS,
+    "mappings",
+    "mosquitto",
+)
 
 
 def flags(*argv: str) -> argparse.Namespace:
@@ -58,11 +68,12 @@ def uncomment(text: str) -> str:
 
 def test_every_package_directory_is_listed_in_pyproject() -> None:
     """The package list is explicit (for the bundled directories): a new package directory
-    under adapter/ must be added to it, or the wheel would miss it."""
+    under adapter/ or sepl_dev/ must be added to it, or the wheel would miss it."""
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     found = {
         ".".join(init.parent.relative_to(REPO).parts)
-        for init in (REPO / "adapter").rglob("__init__.py")
+        for root in PACKAGE_ROOTS
+        for init in (REPO / root).rglob("__init__.py")
         if "__pycache__" not in init.parts
     }
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
@@ -71,6 +82,26 @@ def test_every_package_directory_is_listed_in_pyproject() -> None:
         "adapter.bundled.mappings": "mappings",
         "adapter.bundled.mosquitto": "mosquitto",
     }
+
+
+def test_the_runtime_does_not_import_the_dev_tools() -> None:
+    """Only the command line (the top layer) may reach sepl_dev, by import or by name."""
+    reaching = []
+    for path in sorted((REPO / "adapter").rglob("*.py")):
+        if path == REPO / "adapter" / "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names = [node.value]  # importlib.import_module("sepl_dev...")
+            else:
+                continue
+            if any(name == "sepl_dev" or name.startswith("sepl_dev.") for name in names):
+                reaching.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not reaching, f"the runtime imports the dev tools: {reaching}"
 
 
 def test_the_source_tree_uses_its_own_directories() -> None:
@@ -397,7 +428,7 @@ def test_the_wheel_and_the_sdist_carry_the_bundled_files(built: tuple[Path, Path
         assert f"adapter/bundled/mappings/{name}" in names
     for name in ("mosquitto.conf", "secure.conf", "README.md"):
         assert f"adapter/bundled/mosquitto/{name}" in names
-    for name in ("adapter/init.py", "adapter/schema.py", "adapter/logs.py"):
+    for name in ("adapter/init.py", "adapter/schema.py", "adapter/logs.py", "sepl_dev/simulate.py"):
         assert name in names
     assert "adapter/web/adapter/index.html" in names
     assert not any(n.startswith(("tests/", "mappings/", "mosquitto/")) for n in names)
@@ -460,7 +491,7 @@ def test_the_installed_wheel_runs_outside_the_source_tree(installed: Path, tmp_p
         [
             str(installed / "bin" / "python"),
             "-c",
-            "import adapter, adapter.init as i, adapter.devbroker as d\n"
+            "import adapter, adapter.init as i, sepl_dev.broker as d\n"
             "print(adapter.__file__); print(i.bundled('mappings')); print(d.DEFAULT_TEMPLATE)",
         ],
         cwd=work,
@@ -479,6 +510,9 @@ def test_the_installed_wheel_runs_outside_the_source_tree(installed: Path, tmp_p
 
     version = run("--version")
     assert (version.returncode, version.stdout) == (0, f"sepl-adapter {VERSION}\n")
+
+    simulate = run("simulate", "--help")  # the dev tools ship in the wheel
+    assert simulate.returncode == 0 and "--devices" in simulate.stdout, simulate.stderr
 
     target = work / "adapter-config"
     init = run("init", str(target))

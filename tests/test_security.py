@@ -2,7 +2,7 @@
 adapter fails against a wrong password or certificate, and secrets that must never leak.
 
 Keys and certificates are generated into the test's temporary directory at run time
-(`adapter.devbroker.CertificateAuthority`, `BrokerSecurity`); none is committed.
+(`sepl_dev.broker.CertificateAuthority`, `BrokerSecurity`); none is committed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from adapter.devbroker import (
+from sepl_dev.broker import (
     ADAPTER_USER,
     DEVICE_USER,
     SECURE_TEMPLATE,
@@ -37,7 +37,7 @@ from adapter.devbroker import (
     free_port,
     render_config,
 )
-from adapter.devstack import SandboxProcess
+from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
 
 pytestmark = pytest.mark.mosquitto

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from adapter.devbroker import Broker, MqttProbe, child_preexec, stop_process, tail
-from adapter.simulate import parse_power
+from sepl_dev.broker import Broker, MqttProbe, child_preexec, stop_process, tail
+from sepl_dev.simulate import parse_power
 
 
 @pytest.fixture

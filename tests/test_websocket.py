@@ -15,12 +15,12 @@ import anyio
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from adapter.devbroker import free_port
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
 from adapter.sepl.device import EMPTY_GATEWAY_HASH
 from adapter.sepl.envelope import encode_command, encode_response
 from adapter.sepl.messages import build_command
 from adapter.sepl.websocket import LinkClosed, WebSocket
+from sepl_dev.broker import free_port
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """`make run`: Mosquitto, the sandbox platform, the adapter and the device simulator.
 
-Run as `python -m adapter.devstack` from the repository root. Every child's output is
+Run as `python -m sepl_dev.stack` from the repository root. Every child's output is
 printed line by line with its name in front (`[sandbox] …`); the broker logs only to its
 file. Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the children in reverse start order
 (SIGTERM, then SIGKILL after 5 s) and exits 0; a child that dies on its own stops the rest
@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Protocol
 
-from adapter.devbroker import (
+from sepl_dev.broker import (
     LOOPBACK,
     Broker,
     BrokerError,
@@ -316,7 +316,7 @@ class ProcessService:
 
 
 class BrokerService:
-    """devbroker.Broker behind the Service interface; its output goes only to its log file."""
+    """broker.Broker behind the Service interface; its output goes only to its log file."""
 
     def __init__(self, broker: Broker) -> None:
         self.name = "mosquitto"

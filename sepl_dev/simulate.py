@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-log = logging.getLogger("adapter.simulate")
+log = logging.getLogger("sepl_dev.simulate")
 
 DEFAULT_DEVICES = "kitchen,livingroom,garage"
 ONLINE, OFFLINE = "Online", "Offline"
@@ -394,7 +394,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    # Standalone use (`python -m adapter.simulate`) without the rest of the CLI.
+    # Standalone use (`python -m sepl_dev.simulate`) without the rest of the CLI.
     _parser = argparse.ArgumentParser(prog="sepl-adapter simulate")
     configure_parser(_parser)
     raise SystemExit(main(_parser.parse_args()))
