@@ -30,7 +30,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter.sandbox.platform import Platform
 from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.backoff import Backoff
@@ -69,6 +68,7 @@ from adapter.sepl.messages import (
     payload_text,
     reply_payload,
 )
+from adapter.sepl.platform import Platform
 from adapter.sepl.session import GatewaySession
 from adapter.sepl.state import GatewayState, write_atomically
 

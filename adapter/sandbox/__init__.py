@@ -90,9 +90,9 @@ def send_command(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from adapter.config import parse_duration
     from adapter.history import HistoryStore
-    from adapter.sandbox.platform import Platform
     from adapter.sandbox.server import SandboxServer
     from adapter.sandbox.store import SandboxStore
+    from adapter.sepl.platform import Platform
 
     # The adapter's log set-up: the same text lines, or JSON lines with LOGFORMAT=json.
     logs.setup(args.loglevel)
@@ -107,10 +107,15 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     store = SandboxStore(args.state_dir / "sandbox.sqlite3")
     history = HistoryStore(args.state_dir / "history.sqlite3", retention=365 * 86400.0)
-    platform = Platform(store, device_types, users, max_errors=args.max_errors)
-    server = SandboxServer(
-        platform, ping_period=ping_period, read_timeout=read_timeout, history=history
+    platform = Platform(
+        store,
+        device_types,
+        users,
+        max_errors=args.max_errors,
+        ping_period=ping_period,
+        read_timeout=read_timeout,
     )
+    server = SandboxServer(platform, history=history)
     try:
         asyncio.run(_run(server, host, port))
     except OSError as exc:

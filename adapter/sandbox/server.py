@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -16,24 +17,28 @@ from urllib.parse import unquote
 from aiohttp import WSMsgType, web
 
 from adapter.history import HistoryStore, average_answer, readings_from_metadata
-from adapter.sandbox.legacy import RegistrationError, open_legacy_session, register
-from adapter.sandbox.platform import (
-    CommandRecord,
-    NotAttached,
-    Platform,
-    PlatformSession,
-    Refused,
-    describe_event,
-)
-from adapter.sandbox.store import PlatformDevice
+from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.envelope import ProtocolError
 from adapter.sepl.legacy import is_legacy_credentials
+from adapter.sepl.platform import (
+    CommandRecord,
+    Keepalive,
+    NotAttached,
+    Platform,
+    PlatformDevice,
+    PlatformSession,
+    Refused,
+    RegistrationError,
+    open_legacy_session,
+    register,
+)
 from adapter.web import add_status_page
 
 log = logging.getLogger("adapter.sandbox")
 
 MAX_FRAME = 16 * 1024 * 1024
+KEEPALIVE_TICK = 0.25  # s between looks at a session's ping and read deadline
 
 
 @dataclass
@@ -46,9 +51,7 @@ class Faults:
 
 @dataclass
 class SandboxServer:
-    platform: Platform
-    ping_period: float = 20.0  # WsPingperiod (§2.10)
-    read_timeout: float = 40.0  # WsTimeout (§2.10)
+    platform: Platform[SandboxStore]
     history: HistoryStore | None = None  # readings of received events, for /average (D9)
     faults: Faults = field(default_factory=Faults)
     registration_path: str = "discovery"  # legacy device registration (D4)
@@ -123,7 +126,7 @@ class SandboxServer:
         try:
             first = await self._next_text(ws)
         except TimeoutError:
-            log.info("no credentials within %.0f s; closing", self.read_timeout)
+            log.info("no credentials within %.0f s; closing", self.platform.read_timeout)
             return
         if first is None:
             return
@@ -149,18 +152,18 @@ class SandboxServer:
             len(session.attached),
         )
         writer = asyncio.create_task(self._writer(ws, outbox))
-        pinger = asyncio.create_task(self._pinger(ws, session))
+        keeper = asyncio.create_task(self._keepalive(ws, session))
         try:
             await self._read_loop(ws, session, outbox)
         finally:
-            pinger.cancel()
+            keeper.cancel()
             writer.cancel()
             self.platform.close_session(session)
             log.info("gateway %s disconnected", session.gateway.id)
 
     async def _next_text(self, ws: web.WebSocketResponse) -> str | None:
         while True:
-            msg = await ws.receive(timeout=self.read_timeout)
+            msg = await ws.receive(timeout=self.platform.read_timeout)
             if msg.type == WSMsgType.TEXT:
                 return str(msg.data)
             if msg.type == WSMsgType.PING and self.faults.answer_pings:
@@ -176,16 +179,11 @@ class SandboxServer:
     async def _read_loop(
         self, ws: web.WebSocketResponse, session: PlatformSession, outbox: asyncio.Queue[str]
     ) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                # Any frame, pings and pongs included, pushes the read deadline on (§2.10).
-                msg = await ws.receive(timeout=self.read_timeout)
-            except TimeoutError:
-                log.info(
-                    "gateway %s silent for %.0f s; closing", session.gateway.id, self.read_timeout
-                )
-                await ws.close(code=1000, message=b"read deadline exceeded")
-                return
+            msg = await ws.receive()
+            # Any frame, pings and pongs included, pushes the read deadline on (§2.10).
+            session.heard(loop.time(), ping=msg.type == WSMsgType.PING)
             if msg.type == WSMsgType.TEXT:
                 if not self.faults.answer_frames:
                     continue
@@ -193,11 +191,9 @@ class SandboxServer:
                     outbox.put_nowait(frame)
                 if session.close_reason:
                     await outbox.join()
-                    log.info("closing gateway %s: %s", session.gateway.id, session.close_reason)
-                    await ws.close(code=1000, message=session.close_reason.encode())
+                    await self._close(ws, session)
                     return
             elif msg.type == WSMsgType.PING:
-                session.client_pings = True
                 if self.faults.answer_pings:
                     await ws.pong(msg.data)
             elif msg.type in (
@@ -208,6 +204,11 @@ class SandboxServer:
             ):
                 return
             # binary frames and pongs carry no protocol data (§2.1)
+
+    async def _close(self, ws: web.WebSocketResponse, session: PlatformSession) -> None:
+        reason = session.close_reason or "closing"
+        log.info("closing gateway %s: %s", session.gateway.id, reason)
+        await ws.close(code=1000, message=reason.encode())
 
     async def _writer(self, ws: web.WebSocketResponse, outbox: asyncio.Queue[str]) -> None:
         while True:
@@ -220,16 +221,20 @@ class SandboxServer:
             finally:
                 outbox.task_done()
 
-    async def _pinger(self, ws: web.WebSocketResponse, session: PlatformSession) -> None:
-        # The server pings until the client pings it for the first time, then never again.
+    async def _keepalive(self, ws: web.WebSocketResponse, session: PlatformSession) -> None:
+        """The platform's pings and read deadline, as the session's rules say (§2.10)."""
+        loop = asyncio.get_running_loop()
         while not ws.closed:
-            await asyncio.sleep(self.ping_period)
-            if session.client_pings:
+            await asyncio.sleep(KEEPALIVE_TICK)
+            action = session.keepalive(loop.time())
+            if action is Keepalive.CLOSE:
+                await self._close(ws, session)
                 return
-            try:
-                await ws.ping(time.strftime("%Y-%m-%d %H:%M:%S").encode())
-            except ConnectionError:
-                return
+            if action is Keepalive.PING:
+                try:
+                    await ws.ping(time.strftime("%Y-%m-%d %H:%M:%S").encode())
+                except ConnectionError:
+                    return
 
     # --- HTTP ----------------------------------------------------------------------------
 
@@ -379,6 +384,12 @@ class SandboxServer:
         for session in sessions:
             session.send(frame)
         return web.json_response({"sent_to": len(sessions)})
+
+
+def describe_event(record: Mapping[str, Any]) -> str:
+    parts = record["parts"]
+    data = parts.get("data", "")
+    return f"event {record['device_uri']} {record['service_uri']} data={data[:160]}"
 
 
 def _error(status: int, message: str) -> web.Response:

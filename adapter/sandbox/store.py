@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adapter.schema import Migration, open_versioned
+from adapter.sepl.platform import Gateway, PlatformDevice
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateways (
@@ -29,25 +29,6 @@ CREATE TABLE IF NOT EXISTS commands (
 # edit it or any released migration; append one for every change, and tests/test_migrations.py
 # checks that the files of every earlier version still open.
 MIGRATIONS = (Migration(1, "gateways, devices, events and commands", SCHEMA),)
-
-
-@dataclass
-class Gateway:
-    id: str
-    owner: str
-    name: str
-    hash: str = ""
-    devices: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PlatformDevice:
-    id: str
-    owner: str
-    uri: str
-    name: str
-    type: str
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 class SandboxStore:

@@ -1,26 +1,84 @@
-"""The sandbox platform's protocol logic: what the Go connector does with each frame
-(protocol Part 2 §2.6-§2.11, §3, D11). No sockets here; the server shell feeds frames in
-and writes out what comes back.
+"""The platform's side of SEPL connector sessions, without I/O: what the Go platform
+connector does with each frame (protocol Part 2 §1.4-§1.5, §2.6-§2.11, §3, D4, D11), for
+both dialects, including its keep-alive (ping period, read deadline) and error budget.
+
+The sandbox (adapter/sandbox/) is the shell: it feeds frames and the time in and writes
+out what comes back, and it stores gateways, devices, events and commands behind the
+`Registry` this module asks for. The gateway's side of the same protocol is
+adapter/sepl/session.py.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from adapter.sandbox.store import Gateway, PlatformDevice, SandboxStore
-from adapter.sepl import envelope
-from adapter.sepl.envelope import Credentials, ProtocolError
+from adapter.sepl import envelope, legacy
+from adapter.sepl.envelope import Credentials, ProtocolError, decode_credentials
 from adapter.sepl.messages import EventBody, build_command, parse_event_payload
 
 log = logging.getLogger("adapter.sandbox")
 
 Send = Callable[[str], None]
+
+PING_PERIOD = 20.0  # WsPingperiod (Part 2 §2.10)
+READ_TIMEOUT = 40.0  # WsTimeout
+
+
+@dataclass
+class Gateway:
+    id: str
+    owner: str
+    name: str
+    hash: str = ""
+    devices: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlatformDevice:
+    id: str
+    owner: str
+    uri: str
+    name: str
+    type: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Registry(Protocol):
+    """Where the platform keeps gateways, devices, events and commands (the sandbox: a
+    SQLite file)."""
+
+    def gateway(self, gid: str) -> Gateway | None: ...
+    def save_gateway(self, gw: Gateway) -> None: ...
+    def devices_by_uri(self, owner: str, uri: str) -> list[PlatformDevice]: ...
+    def device(self, device_id: str) -> PlatformDevice | None: ...
+    def all_devices(self) -> list[PlatformDevice]: ...
+    def save_device(self, d: PlatformDevice) -> None: ...
+    def delete_device(self, device_id: str) -> None: ...
+    def add_event(
+        self,
+        received: float,
+        gateway: str,
+        device_uri: str,
+        service_uri: str,
+        parts: dict[str, str],
+    ) -> int: ...
+    def add_command(
+        self, task_id: str, device_uri: str, service_uri: str, sent: float, request: dict[str, Any]
+    ) -> None: ...
+    def answer_command(self, task_id: str, answered: float, response: Any) -> bool: ...
+
+
+class Keepalive(enum.Enum):
+    NOTHING = "nothing"
+    PING = "ping"
+    CLOSE = "close"
 
 
 class Refused(Exception):
@@ -50,13 +108,18 @@ class CommandRecord:
     response: dict[str, Any] | None = None
 
 
+R = TypeVar("R", bound=Registry)
+
+
 @dataclass
-class Platform:
-    store: SandboxStore
+class Platform(Generic[R]):
+    store: R
     # device type id -> service URIs; None accepts any type and service (D11 off)
     device_types: Mapping[str, frozenset[str]] | None = None
     users: Mapping[str, str] | None = None  # None: any credentials are accepted
     max_errors: int = 5
+    ping_period: float = PING_PERIOD
+    read_timeout: float = READ_TIMEOUT
     sessions: list[PlatformSession] = field(default_factory=list)
     on_response: list[Callable[[CommandRecord], None]] = field(default_factory=list)
     on_event: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
@@ -132,7 +195,7 @@ class Platform:
 
 
 class PlatformSession:
-    def __init__(self, platform: Platform, gateway: Gateway, user: str, send: Send) -> None:
+    def __init__(self, platform: Platform[Any], gateway: Gateway, user: str, send: Send) -> None:
         self.platform = platform
         self.gateway = gateway
         self.user = user
@@ -142,10 +205,38 @@ class PlatformSession:
         self.client_pings = False  # once the client pings, the server stops pinging (§2.10)
         self.close_reason: str | None = None
         self.handled: dict[str, int] = {}
+        self._heard: float | None = None  # when the last frame of any kind came in
+        self._pinged: float | None = None  # when the server last pinged
+
+    # --- keep-alive (§2.10) ----------------------------------------------------------------
+
+    def heard(self, now: float, *, ping: bool = False) -> None:
+        """Any frame from the client (a data frame, a ping or a pong) pushes the read
+        deadline on; the client's first ping stops the server's pings for good."""
+        self._heard = now
+        if ping:
+            self.client_pings = True
+
+    def keepalive(self, now: float) -> Keepalive:
+        """What the keep-alive asks for now: nothing, a ping, or closing (the read deadline
+        passed; `close_reason` says so)."""
+        if self._heard is None:
+            self._heard = now
+        if self._pinged is None:
+            self._pinged = now
+        if now - self._heard >= self.platform.read_timeout:
+            if self.close_reason is None:
+                self.close_reason = f"silent for {self.platform.read_timeout:g} s"
+            return Keepalive.CLOSE
+        if not self.client_pings and now - self._pinged >= self.platform.ping_period:
+            self._pinged = now
+            return Keepalive.PING
+        return Keepalive.NOTHING
 
     @property
-    def store(self) -> SandboxStore:
-        return self.platform.store
+    def store(self) -> Registry:
+        store: Registry = self.platform.store
+        return store
 
     def encode_command(self, command: dict[str, Any]) -> str:
         return envelope.encode_command(command)
@@ -291,6 +382,95 @@ class PlatformSession:
         return ok()
 
 
+# --- the legacy dialect (Part 2 §1, D4): registration over HTTP, `update`, `change:`
+# events and `response:` replies, none of them answered.
+
+
+class RegistrationError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def register(platform: Platform[Any], body: Any) -> int:
+    """`POST /discovery`: 200 with the count, 401 wrong credentials, 400 bad body (D4)."""
+    try:
+        registration = legacy.parse_registration(body)
+    except ProtocolError as exc:
+        raise RegistrationError(400, str(exc)) from None
+    if not platform.authenticate(registration.user, registration.password):
+        raise RegistrationError(401, "wrong credentials")
+    types = platform.device_types
+    for _, device_type, _ in registration.devices:
+        if types is not None and device_type not in types:
+            raise RegistrationError(400, f"unknown device type {device_type!r}")
+    for device_id, device_type, title in registration.devices:
+        found = platform.store.devices_by_uri(registration.user, device_id)
+        device = (
+            found[0]
+            if found
+            else PlatformDevice(
+                f"iot#{uuid.uuid4()}", registration.user, device_id, title, device_type
+            )
+        )
+        device.name, device.type = title or device.name, device_type
+        platform.store.save_device(device)
+    log.info(
+        "legacy registration of %d devices for user %r",
+        len(registration.devices),
+        registration.user,
+    )
+    return len(registration.devices)
+
+
+class LegacySession(PlatformSession):
+    """A session without gateway, tokens or answers. Frames that break the rules are
+    logged and counted: the dialect has no way to tell the client."""
+
+    def __init__(self, platform: Platform[Any], user: str, send: Send) -> None:
+        gateway = Gateway(id=f"legacy:{user}", owner=user, name="legacy session")
+        super().__init__(platform, gateway, user, send)
+        self.rejected = 0
+
+    def encode_command(self, command: dict[str, Any]) -> str:
+        return legacy.encode_command(command)
+
+    def handle(self, text: str) -> list[str]:
+        try:
+            frame = legacy.decode_client_frame(text)
+            self.handled[frame.kind] = self.handled.get(frame.kind, 0) + 1
+            if frame.kind == "update":
+                self._update()
+            elif frame.kind == "change":
+                self._change(frame.payload)
+            else:
+                self.platform.record_response(frame.payload)
+        except ProtocolError as exc:
+            self.rejected += 1
+            log.info("legacy session of %r: %s", self.user, exc)
+        return []
+
+    def _update(self) -> None:
+        # The registered devices of this user are listened to from now on (§1.4).
+        for device in self.store.all_devices():
+            if device.owner == self.user:
+                self.attached[device.uri] = device.id
+
+    def _change(self, payload: Any) -> None:
+        answer = self.accept_event(legacy.change_as_event(payload))
+        if answer.status != 200:
+            raise ProtocolError(str(answer.payload))
+
+
+def open_legacy_session(platform: Platform[Any], first_frame: str, send: Send) -> LegacySession:
+    credentials = decode_credentials(first_frame)
+    if not platform.authenticate(credentials.user, credentials.password):
+        raise Refused(f"wrong credentials for user {credentials.user!r}")
+    session = LegacySession(platform, credentials.user, send)
+    platform.sessions.append(session)
+    return session
+
+
 def _go_parts(parts: Mapping[str, str]) -> str:
     """Go's %v of a protocol-part slice, as the real 400 text embeds it: `[{data 1}]`."""
     return "[" + " ".join(f"{{{name} {value}}}" for name, value in parts.items()) + "]"
@@ -306,10 +486,4 @@ def _base36(number: int) -> str:
             return text
 
 
-def describe_event(record: Mapping[str, Any]) -> str:
-    parts = record["parts"]
-    data = parts.get("data", "")
-    return f"event {record['device_uri']} {record['service_uri']} data={data[:160]}"
-
-
-__all__ = ["Platform", "PlatformSession"]
+__all__ = ["LegacySession", "Platform", "PlatformSession", "Registry"]

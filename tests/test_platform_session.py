@@ -1,4 +1,4 @@
-"""The sandbox platform's protocol core (adapter/sandbox/platform.py): every status path of
+"""The platform's side of a session (adapter/sepl/platform.py): every status path of
 the protocol reference §2.6, §2.9, §2.11, §3.1 and decision D11, without sockets.
 
 Frames go in through `PlatformSession.handle` as the client encoders write them and the
@@ -18,15 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter.sandbox.platform import (
-    CommandRecord,
-    NotAttached,
-    Platform,
-    PlatformSession,
-    Refused,
-    describe_event,
-)
-from adapter.sandbox.store import Gateway, PlatformDevice, SandboxStore
+from adapter.sandbox.server import describe_event
+from adapter.sandbox.store import SandboxStore
 from adapter.sepl.device import Device, gateway_hash
 from adapter.sepl.envelope import (
     CLIENT_HANDLERS,
@@ -37,6 +30,16 @@ from adapter.sepl.envelope import (
     encode_request,
 )
 from adapter.sepl.messages import event_payload, parse_command, reply_payload
+from adapter.sepl.platform import (
+    CommandRecord,
+    Gateway,
+    Keepalive,
+    NotAttached,
+    Platform,
+    PlatformDevice,
+    PlatformSession,
+    Refused,
+)
 
 METER = "iot#type-meter"
 SWITCH = "iot#type-switch"
@@ -46,12 +49,14 @@ USERS = {"alice": "pw-a", "bob": "pw-b"}
 KITCHEN = Device.create("tasmota:kitchen", "Kitchen", METER, {"room": "kitchen"})
 LAMP = Device.create("shelly:lamp", "Lamp", SWITCH)
 
+SandboxPlatform = Platform[SandboxStore]
+
 
 @dataclass
 class Client:
     """One gateway session seen from the client side of the codec."""
 
-    platform: Platform
+    platform: SandboxPlatform
     session: PlatformSession
     pushed: list[str] = field(default_factory=list)
     counter: int = 0
@@ -82,7 +87,7 @@ class Client:
         return self.call("event", event_payload(uri, service, data, "{}"))
 
 
-def connect(platform: Platform, user: str = "alice", gid: str = "") -> Client:
+def connect(platform: SandboxPlatform, user: str = "alice", gid: str = "") -> Client:
     pushed: list[str] = []
     credentials = Credentials(user, USERS.get(user, "x"), gid, "credentials")
     session = platform.open_session(credentials, pushed.append)
@@ -97,12 +102,12 @@ def store() -> Iterator[SandboxStore]:
 
 
 @pytest.fixture
-def platform(store: SandboxStore) -> Platform:
+def platform(store: SandboxStore) -> SandboxPlatform:
     return Platform(store, device_types=TYPES)
 
 
 @pytest.fixture
-def client(platform: Platform) -> Client:
+def client(platform: SandboxPlatform) -> Client:
     return connect(platform)
 
 
@@ -112,7 +117,7 @@ OK = (200, "ok")
 # --- handshake (§2.6) ---------------------------------------------------------------------
 
 
-def test_new_gateway_on_empty_gid(platform: Platform, client: Client) -> None:
+def test_new_gateway_on_empty_gid(platform: SandboxPlatform, client: Client) -> None:
     gid, hash_ = decode_handshake_answer(client.session.handshake_answer())
     assert gid == client.gid
     assert re.fullmatch(r"iot#[0-9a-f-]{36}", gid)
@@ -130,13 +135,13 @@ def test_handshake_answer_frame(client: Client) -> None:
     assert env == Envelope(200, "response", "credentials", "map", {"gid": client.gid, "hash": ""})
 
 
-def test_unknown_gid_gets_a_new_gateway(platform: Platform) -> None:
+def test_unknown_gid_gets_a_new_gateway(platform: SandboxPlatform) -> None:
     client = connect(platform, gid="iot#does-not-exist")
     assert client.gid != "iot#does-not-exist"
     assert platform.store.gateway("iot#does-not-exist") is None
 
 
-def test_gid_of_another_user_gets_a_new_gateway(platform: Platform) -> None:
+def test_gid_of_another_user_gets_a_new_gateway(platform: SandboxPlatform) -> None:
     alice = connect(platform, "alice")
     assert alice.put(KITCHEN) == OK
     assert alice.call("commit", "h-alice") == OK
@@ -167,14 +172,14 @@ def test_right_credentials_with_users_set(store: SandboxStore) -> None:
     assert session.user == "bob"
 
 
-def test_any_credentials_without_users(platform: Platform) -> None:
+def test_any_credentials_without_users(platform: SandboxPlatform) -> None:
     assert connect(platform, "anyone").session.user == "anyone"
 
 
 # --- clear ----------------------------------------------------------------------------------
 
 
-def test_clear_resets_gateway_and_detaches(platform: Platform, client: Client) -> None:
+def test_clear_resets_gateway_and_detaches(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     assert client.call("commit", "h1") == OK
     assert client.call("clear", None) == OK
@@ -200,7 +205,7 @@ def test_clear_ignores_its_payload(client: Client, payload: Any) -> None:
 # --- put --------------------------------------------------------------------------------------
 
 
-def test_put_creates_and_attaches(platform: Platform, client: Client) -> None:
+def test_put_creates_and_attaches(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     (device,) = platform.store.devices_by_uri("alice", KITCHEN.uri)
     assert (device.owner, device.name, device.type) == ("alice", "Kitchen", METER)
@@ -209,7 +214,7 @@ def test_put_creates_and_attaches(platform: Platform, client: Client) -> None:
     assert client.session.attached == {KITCHEN.uri: device.id}
 
 
-def test_put_twice_keeps_one_device(platform: Platform, client: Client) -> None:
+def test_put_twice_keeps_one_device(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     assert client.put(KITCHEN) == OK
     assert len(platform.store.all_devices()) == 1
@@ -227,7 +232,7 @@ def test_put_twice_keeps_one_device(platform: Platform, client: Client) -> None:
     ],
 )
 def test_put_tag_parsing(
-    platform: Platform, client: Client, tags: list[str] | None, stored: dict[str, str]
+    platform: SandboxPlatform, client: Client, tags: list[str] | None, stored: dict[str, str]
 ) -> None:
     assert client.call("put", {"uri": "u", "name": "n", "iot_type": METER, "tags": tags}) == OK
     (device,) = platform.store.devices_by_uri("alice", "u")
@@ -235,7 +240,7 @@ def test_put_tag_parsing(
 
 
 @pytest.mark.parametrize("iot_type", ["iot#unknown", "sepl_get", METER.upper()])
-def test_put_unknown_type_is_500(platform: Platform, client: Client, iot_type: str) -> None:
+def test_put_unknown_type_is_500(platform: SandboxPlatform, client: Client, iot_type: str) -> None:
     status, text = client.call("put", {"uri": "u", "name": "n", "iot_type": iot_type, "tags": []})
     assert status == 500
     assert "unknown device type" in text
@@ -249,7 +254,7 @@ def test_put_unknown_type_is_500(platform: Platform, client: Client, iot_type: s
     ids=["empty", "missing"],
 )
 def test_put_empty_iot_type_is_500(
-    platform: Platform, client: Client, payload: dict[str, Any]
+    platform: SandboxPlatform, client: Client, payload: dict[str, Any]
 ) -> None:
     assert client.call("put", payload) == (500, "empty iot_type")
     assert client.session.attached == {}
@@ -262,7 +267,9 @@ def test_put_any_type_without_registry(store: SandboxStore) -> None:
     assert client.call("put", {"uri": "v", "name": "n", "iot_type": ""}) == (500, "empty iot_type")
 
 
-def test_put_update_merges_tags_and_keeps_platform_keys(platform: Platform, client: Client) -> None:
+def test_put_update_merges_tags_and_keeps_platform_keys(
+    platform: SandboxPlatform, client: Client
+) -> None:
     assert (
         client.call("put", {"uri": "u", "name": "Old", "iot_type": METER, "tags": ["a:1", "b:2"]})
         == OK
@@ -288,7 +295,7 @@ def test_put_update_merges_tags_and_keeps_platform_keys(platform: Platform, clie
 
 
 def test_put_update_of_a_device_with_an_unknown_type_still_works(
-    platform: Platform, client: Client
+    platform: SandboxPlatform, client: Client
 ) -> None:
     """Only creation checks the type; an existing device is updated as it is (§2.9)."""
     platform.store.save_device(PlatformDevice("iot#old", "alice", "u", "n", "iot#retired"))
@@ -296,7 +303,7 @@ def test_put_update_of_a_device_with_an_unknown_type_still_works(
     assert client.session.attached == {"u": "iot#old"}
 
 
-def test_put_duplicate_uris_is_400(platform: Platform, client: Client) -> None:
+def test_put_duplicate_uris_is_400(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     assert client.call("disconnect", KITCHEN.uri) == OK
     platform.store.save_device(PlatformDevice("iot#second", "alice", KITCHEN.uri, "Copy", METER))
@@ -307,7 +314,7 @@ def test_put_duplicate_uris_is_400(platform: Platform, client: Client) -> None:
 
 
 def test_put_same_uri_of_another_owner_is_not_a_duplicate(
-    platform: Platform, client: Client
+    platform: SandboxPlatform, client: Client
 ) -> None:
     platform.store.save_device(PlatformDevice("iot#bobs", "bob", KITCHEN.uri, "Bob's", METER))
     assert client.put(KITCHEN) == OK
@@ -333,7 +340,9 @@ def test_put_same_uri_of_another_owner_is_not_a_duplicate(
         {"uri": "u", "iot_type": METER, "tags": ["a:b", None]},
     ],
 )
-def test_put_malformed_payload_is_400(platform: Platform, client: Client, payload: Any) -> None:
+def test_put_malformed_payload_is_400(
+    platform: SandboxPlatform, client: Client, payload: Any
+) -> None:
     status, text = client.call("put", payload)
     assert status == 400
     assert isinstance(text, str)
@@ -345,7 +354,7 @@ def test_put_malformed_payload_is_400(platform: Platform, client: Client, payloa
 # --- disconnect / delete ----------------------------------------------------------------------
 
 
-def test_disconnect(platform: Platform, client: Client) -> None:
+def test_disconnect(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     assert client.call("disconnect", KITCHEN.uri) == OK
     assert client.session.attached == {}
@@ -372,14 +381,14 @@ def test_uri_handlers_reject_non_strings(client: Client, handler: str, payload: 
     assert KITCHEN.uri in client.session.attached
 
 
-def test_delete_attached_device(platform: Platform, client: Client) -> None:
+def test_delete_attached_device(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     assert client.call("delete", KITCHEN.uri) == OK
     assert client.session.attached == {}
     assert platform.store.devices_by_uri("alice", KITCHEN.uri) == []
 
 
-def test_delete_unattached_but_existing_device(platform: Platform, client: Client) -> None:
+def test_delete_unattached_but_existing_device(platform: SandboxPlatform, client: Client) -> None:
     platform.store.save_device(PlatformDevice("iot#d", "alice", "u", "n", METER))
     assert client.call("delete", "u") == OK
     assert platform.store.device("iot#d") is None
@@ -391,7 +400,7 @@ def test_delete_unknown_device_is_500(client: Client) -> None:
     assert "found 0" in text
 
 
-def test_delete_duplicate_is_500_but_detaches(platform: Platform, client: Client) -> None:
+def test_delete_duplicate_is_500_but_detaches(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     platform.store.save_device(PlatformDevice("iot#copy", "alice", KITCHEN.uri, "Copy", METER))
     status, text = client.call("delete", KITCHEN.uri)
@@ -405,7 +414,7 @@ def test_delete_duplicate_is_500_but_detaches(platform: Platform, client: Client
 
 
 @pytest.mark.parametrize("payload", [None, 5, ["h"], {"hash": "h"}, False])
-def test_commit_non_string_is_400(platform: Platform, client: Client, payload: Any) -> None:
+def test_commit_non_string_is_400(platform: SandboxPlatform, client: Client, payload: Any) -> None:
     status, text = client.call("commit", payload)
     assert status == 400
     assert "must be a string" in text
@@ -414,7 +423,7 @@ def test_commit_non_string_is_400(platform: Platform, client: Client, payload: A
     assert gateway.hash == ""
 
 
-def test_commit_stores_hash_and_attached_devices(platform: Platform, client: Client) -> None:
+def test_commit_stores_hash_and_attached_devices(platform: SandboxPlatform, client: Client) -> None:
     local_hash = gateway_hash([KITCHEN, LAMP])
     assert client.put(KITCHEN) == OK
     assert client.put(LAMP) == OK
@@ -427,7 +436,7 @@ def test_commit_stores_hash_and_attached_devices(platform: Platform, client: Cli
 
 
 def test_commit_covers_what_is_attached_not_what_the_client_says(
-    platform: Platform, client: Client
+    platform: SandboxPlatform, client: Client
 ) -> None:
     assert client.put(KITCHEN) == OK
     assert client.put(LAMP) == OK
@@ -438,7 +447,7 @@ def test_commit_covers_what_is_attached_not_what_the_client_says(
     assert gateway.devices == [client.session.attached[KITCHEN.uri]]
 
 
-def test_new_session_restores_committed_devices(platform: Platform, client: Client) -> None:
+def test_new_session_restores_committed_devices(platform: SandboxPlatform, client: Client) -> None:
     assert client.put(KITCHEN) == OK
     assert client.put(LAMP) == OK
     assert client.call("commit", "the-hash") == OK
@@ -456,7 +465,9 @@ def test_new_session_restores_committed_devices(platform: Platform, client: Clie
     assert len(again.pushed) == 1
 
 
-def test_restore_skips_devices_deleted_since_the_commit(platform: Platform, client: Client) -> None:
+def test_restore_skips_devices_deleted_since_the_commit(
+    platform: SandboxPlatform, client: Client
+) -> None:
     assert client.put(KITCHEN) == OK
     assert client.put(LAMP) == OK
     assert client.call("commit", "h") == OK
@@ -469,7 +480,7 @@ def test_restore_skips_devices_deleted_since_the_commit(platform: Platform, clie
 # --- event --------------------------------------------------------------------------------------
 
 
-def test_event_stored_and_announced(platform: Platform, client: Client) -> None:
+def test_event_stored_and_announced(platform: SandboxPlatform, client: Client) -> None:
     seen: list[dict[str, Any]] = []
     platform.on_event.append(seen.append)
     assert client.put(KITCHEN) == OK
@@ -489,7 +500,7 @@ def test_event_stored_and_announced(platform: Platform, client: Client) -> None:
     assert describe_event(seen[0]) == f"event {KITCHEN.uri} sepl_get data=21.5"
 
 
-def test_event_unattached_is_400(platform: Platform, client: Client) -> None:
+def test_event_unattached_is_400(platform: SandboxPlatform, client: Client) -> None:
     payload = {"device_uri": "d", "service_uri": "s", "value": [{"name": "data", "value": "1"}]}
     assert client.call("event", payload) == (
         400,
@@ -498,7 +509,9 @@ def test_event_unattached_is_400(platform: Platform, client: Client) -> None:
     assert platform.store.event_count() == 0
 
 
-def test_event_of_a_device_attached_elsewhere_is_400(platform: Platform, client: Client) -> None:
+def test_event_of_a_device_attached_elsewhere_is_400(
+    platform: SandboxPlatform, client: Client
+) -> None:
     other = connect(platform)
     assert other.put(KITCHEN) == OK
     status, text = client.event(KITCHEN.uri, "sepl_get")
@@ -511,7 +524,7 @@ def test_event_of_a_device_attached_elsewhere_is_400(platform: Platform, client:
     [(KITCHEN, "on"), (KITCHEN, ""), (LAMP, "sepl_get"), (LAMP, "ON")],
 )
 def test_event_unknown_service_is_400(
-    platform: Platform, client: Client, device: Device, service: str
+    platform: SandboxPlatform, client: Client, device: Device, service: str
 ) -> None:
     assert client.put(device) == OK
     status, text = client.event(device.uri, service)
@@ -527,7 +540,9 @@ def test_event_any_service_without_registry(store: SandboxStore) -> None:
 
 
 @pytest.mark.parametrize("value", [5, 1.5, True, {"a": 1}, ["x"]])
-def test_event_non_string_part_is_400(platform: Platform, client: Client, value: Any) -> None:
+def test_event_non_string_part_is_400(
+    platform: SandboxPlatform, client: Client, value: Any
+) -> None:
     assert client.put(KITCHEN) == OK
     payload = {
         "device_uri": KITCHEN.uri,
@@ -558,7 +573,7 @@ def test_event_non_string_part_is_400(platform: Platform, client: Client, value:
     ids=["null metadata", "missing value", "no parts", "null value list", "2017 names"],
 )
 def test_event_tolerated_shapes(
-    platform: Platform, client: Client, value: Any, parts: dict[str, str]
+    platform: SandboxPlatform, client: Client, value: Any, parts: dict[str, str]
 ) -> None:
     assert client.put(KITCHEN) == OK
     payload = {"device_uri": KITCHEN.uri, "service_uri": "sepl_get", "value": value}
@@ -584,7 +599,9 @@ def test_event_tolerated_shapes(
         {"device_uri": KITCHEN.uri, "service_uri": "sepl_get", "value": [{"name": 1}]},
     ],
 )
-def test_event_malformed_payload_is_400(platform: Platform, client: Client, payload: Any) -> None:
+def test_event_malformed_payload_is_400(
+    platform: SandboxPlatform, client: Client, payload: Any
+) -> None:
     assert client.put(KITCHEN) == OK
     status, _ = client.call("event", payload)
     assert status == 400
@@ -594,7 +611,7 @@ def test_event_malformed_payload_is_400(platform: Platform, client: Client, payl
 # --- commands and responses (§3) ------------------------------------------------------------------
 
 
-def test_command_reaches_only_the_attaching_session(platform: Platform) -> None:
+def test_command_reaches_only_the_attaching_session(platform: SandboxPlatform) -> None:
     first, second = connect(platform), connect(platform)
     assert first.put(KITCHEN) == OK
     assert second.put(LAMP) == OK
@@ -617,7 +634,7 @@ def test_command_reaches_only_the_attaching_session(platform: Platform) -> None:
     assert platform.pending == {record.task_id: record}
 
 
-def test_command_to_every_session_that_attached_the_device(platform: Platform) -> None:
+def test_command_to_every_session_that_attached_the_device(platform: SandboxPlatform) -> None:
     first, second = connect(platform), connect(platform)
     assert first.put(KITCHEN) == OK
     assert second.put(KITCHEN) == OK
@@ -626,7 +643,7 @@ def test_command_to_every_session_that_attached_the_device(platform: Platform) -
     assert first.pushed == second.pushed
 
 
-def test_command_not_attached(platform: Platform, client: Client) -> None:
+def test_command_not_attached(platform: SandboxPlatform, client: Client) -> None:
     with pytest.raises(NotAttached):
         platform.send_command("nobody", "s", None)
     assert client.put(KITCHEN) == OK
@@ -640,7 +657,7 @@ def test_command_not_attached(platform: Platform, client: Client) -> None:
     assert client.pushed and len(client.pushed) == 1
 
 
-def test_response_records_command_answer(platform: Platform, client: Client) -> None:
+def test_response_records_command_answer(platform: SandboxPlatform, client: Client) -> None:
     answered: list[CommandRecord] = []
     platform.on_response.append(answered.append)
     assert client.put(LAMP) == OK
@@ -663,7 +680,7 @@ def test_response_records_command_answer(platform: Platform, client: Client) -> 
 
 @pytest.mark.parametrize("payload", [None, "x", {}, {"task_id": 5}, {"task_id": "unknown"}])
 def test_response_without_a_known_task_is_still_200(
-    platform: Platform, client: Client, payload: Any
+    platform: SandboxPlatform, client: Client, payload: Any
 ) -> None:
     answered: list[CommandRecord] = []
     platform.on_response.append(answered.append)
@@ -882,3 +899,43 @@ def test_store_on_disk_survives_reopen(tmp_path: Path) -> None:
     assert decode_handshake_answer(again.session.handshake_answer()) == (client.gid, "h")
     assert set(again.session.attached) == {KITCHEN.uri}
     second.close()
+
+
+# --- keep-alive (§2.10) ----------------------------------------------------------------
+
+
+def keepalive_platform(store: SandboxStore) -> SandboxPlatform:
+    return Platform(store, device_types=TYPES, ping_period=20.0, read_timeout=40.0)
+
+
+def test_the_platform_pings_every_period_until_the_client_pings(store: SandboxStore) -> None:
+    client = connect(keepalive_platform(store))
+    session = client.session
+    assert session.keepalive(100.0) is Keepalive.NOTHING  # the clock starts here
+    seen = []
+    for now in range(101, 200):
+        session.heard(float(now))  # the client keeps talking: no deadline
+        seen.append(session.keepalive(float(now)))
+    assert [n for n, a in zip(range(101, 200), seen, strict=True) if a is Keepalive.PING] == [
+        120,
+        140,
+        160,
+        180,
+    ]
+    session.heard(200.0, ping=True)  # the client's first ping: the server stops for good
+    assert all(session.keepalive(float(now)) is not Keepalive.PING for now in range(200, 230))
+    assert session.client_pings
+
+
+@pytest.mark.parametrize("frame_at", [10.0, 39.9])
+def test_any_frame_pushes_the_read_deadline_and_silence_closes(
+    store: SandboxStore, frame_at: float
+) -> None:
+    client = connect(keepalive_platform(store))
+    session = client.session
+    session.heard(0.0)
+    session.heard(frame_at)
+    assert session.keepalive(frame_at + 39.9) is not Keepalive.CLOSE
+    assert session.close_reason is None
+    assert session.keepalive(frame_at + 40.0) is Keepalive.CLOSE
+    assert session.close_reason == "silent for 40 s"
