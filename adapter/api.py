@@ -6,66 +6,52 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from adapter import httpserver
-from adapter.history import average_answer
+from adapter.history import HistoryStore, average_answer
 from adapter.httpserver import Request, Response, Router, error_response, json_response
+from adapter.mapping import MappingSet
 from adapter.mapping.report import explain_result
+from adapter.status import LATENCY_BUCKETS, DeliveryStatus, Snapshot, StatusBoard
 from adapter.web import TOKEN_COOKIE, Answer, assets, cookie_authorization, login_answer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
 
-    from adapter.app import Adapter
-
 log = logging.getLogger("adapter.api")
 
 PLATFORM_DOWN_LIMIT = 60.0  # /healthz answers 503 once the platform link is down this long
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60)
 
 
-class Latency:
-    """Event latencies, counted into the histogram's buckets as they come."""
+def latency_family(status: DeliveryStatus) -> Metric:
+    """What prometheus_client's Histogram with the same buckets would expose."""
+    from prometheus_client.core import HistogramMetricFamily
+    from prometheus_client.utils import floatToGoString
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: above every bound
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # `le`: bound included
-        self.sum += seconds
-
-    def family(self) -> Metric:
-        """What prometheus_client's Histogram with these buckets would expose."""
-        from prometheus_client.core import HistogramMetricFamily
-        from prometheus_client.utils import floatToGoString
-
-        cumulative, buckets = 0, []
-        for bound, count in zip([*LATENCY_BUCKETS, float("inf")], self.counts, strict=True):
-            cumulative += count
-            le = floatToGoString(bound)  # type: ignore[no-untyped-call]
-            buckets.append((le, float(cumulative)))
-        return HistogramMetricFamily(
-            "sepl_adapter_event_latency_seconds",
-            "From MQTT receive to the platform's acknowledgement",
-            buckets=buckets,
-            sum_value=self.sum,
-        )
+    cumulative, buckets = 0, []
+    for bound, count in zip([*LATENCY_BUCKETS, float("inf")], status.latency_counts, strict=True):
+        cumulative += count
+        le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+        buckets.append((le, float(cumulative)))
+    return HistogramMetricFamily(
+        "sepl_adapter_event_latency_seconds",
+        "From MQTT receive to the platform's acknowledgement",
+        buckets=buckets,
+        sum_value=status.latency_sum,
+    )
 
 
 class Metrics:
-    """Reads the adapter's counters at scrape time, so nothing is counted twice.
+    """Reads the parts' counters at scrape time, so nothing is counted twice.
 
     prometheus_client is imported at the first scrape: 1.2 MB that an adapter nobody
     scrapes does without."""
 
-    def __init__(self, adapter: Adapter) -> None:
-        self.adapter = adapter
-        self.latency = Latency()
+    def __init__(self, board: StatusBoard) -> None:
+        self.board = board
         self._registry: CollectorRegistry | None = None
 
     def exposition(self) -> bytes:
@@ -79,10 +65,9 @@ class Metrics:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        a = self.adapter
-        counts = a.counts
-        delivery = a.sender.stats
-        connector = a.connector.stats
+        now = self.board.snapshot()
+        counts = now.pipeline.counts
+        delivery, platform = now.delivery, now.platform
         counters: dict[str, tuple[str, float]] = {
             "messages_received": ("MQTT messages received", counts.get("received", 0)),
             "messages_mapped": ("messages a rule turned into an event", counts.get("mapped", 0)),
@@ -99,11 +84,11 @@ class Metrics:
             "events_acknowledged": ("events the platform answered 200", delivery.acknowledged),
             "events_dead_lettered": ("events moved to the dead letters", delivery.dead_lettered),
             "events_retried": ("events retried after a 500", delivery.retries),
-            "events_dropped": ("events dropped at the outbox limits", a.outbox.dropped),
-            "platform_connects": ("websocket sessions opened", connector.connects),
+            "events_dropped": ("events dropped at the outbox limits", now.outbox.dropped),
+            "platform_connects": ("websocket sessions opened", platform.connects),
             "platform_malformed_frames": (
                 "frames from the platform that broke the protocol",
-                connector.malformed_frames,
+                platform.malformed_frames,
             ),
             "commands_received": ("commands from the platform", counts.get("commands", 0)),
             "command_timeouts": (
@@ -116,28 +101,33 @@ class Metrics:
             family.add_metric([], float(value))
             yield family
         gauges: dict[str, tuple[str, float]] = {
-            "outbox_depth": ("events waiting in the outbox", len(a.outbox)),
-            "dead_letters": ("events in the dead-letter store", a.outbox.dead_letter_count()),
-            "events_in_flight": ("events sent and not yet answered", a.sender.in_flight),
-            "platform_up": ("1 when the platform link is ready", 1.0 if a.connector.ready else 0.0),
-            "mqtt_up": (
-                "1 when connected to the broker",
-                1.0 if a.mqtt.connected else 0.0,
-            ),
-            "devices": ("devices the gateway manages", len(a.connector.devices)),
+            "outbox_depth": ("events waiting in the outbox", now.outbox.depth),
+            "dead_letters": ("events in the dead-letter store", now.outbox.dead_letters),
+            "events_in_flight": ("events sent and not yet answered", delivery.in_flight),
+            "platform_up": ("1 when the platform link is ready", 1.0 if platform.ready else 0.0),
+            "mqtt_up": ("1 when connected to the broker", 1.0 if now.mqtt.connected else 0.0),
+            "devices": ("devices the gateway manages", len(platform.devices)),
         }
         for name, (text, value) in gauges.items():
             gauge = GaugeMetricFamily(f"sepl_adapter_{name}", text)
             gauge.add_metric([], float(value))
             yield gauge
-        yield self.latency.family()
+        yield latency_family(delivery)
 
 
 class Api:
-    def __init__(self, adapter: Adapter, token: str | None = None) -> None:
-        self.adapter = adapter
+    def __init__(
+        self,
+        board: StatusBoard,
+        history: HistoryStore,
+        mappings: Callable[[], MappingSet],
+        token: str | None = None,
+    ) -> None:
+        self.board = board
+        self.history = history
+        self.mappings = mappings
         self.token = token
-        self.metrics = Metrics(adapter)
+        self.metrics = Metrics(board)
         self.assets = assets("adapter")
         self.router = Router()
         for method, path, handler in (
@@ -193,93 +183,95 @@ class Api:
 
     # --- handlers ------------------------------------------------------------------------
 
-    def _device_view(self, uri: str, stored: dict[str, Any] | None) -> dict[str, Any]:
-        a = self.adapter
-        managed = a.connector.devices.get(uri)
+    @staticmethod
+    def _device_view(now: Snapshot, uri: str, stored: dict[str, Any] | None) -> dict[str, Any]:
+        platform = now.platform
+        managed = platform.devices.get(uri)
+        row = stored or {}
         view = {
             "uri": uri,
-            "name": managed.name if managed else (stored or {}).get("name", ""),
-            "type": managed.device_type if managed else (stored or {}).get("type", ""),
-            "online": a.online.get(uri),
-            "last_seen": (stored or {}).get("last_seen"),
-            "last_readings": (stored or {}).get("last_readings", {}),
-            "primary": (stored or {}).get("primary"),
-            "attached": uri in a.connector.attached,
-            "quarantined": uri in a.connector.quarantined,
+            "name": managed.name if managed else row.get("name", ""),
+            "type": managed.device_type if managed else row.get("type", ""),
+            "online": now.pipeline.online.get(uri),
+            "last_seen": row.get("last_seen"),
+            "last_readings": row.get("last_readings", {}),
+            "primary": row.get("primary"),
+            "attached": uri in platform.attached,
+            "quarantined": uri in platform.quarantined,
         }
-        if uri in a.connector.quarantined:
-            view["quarantine_reason"] = a.connector.quarantined[uri]
+        if uri in platform.quarantined:
+            view["quarantine_reason"] = platform.quarantined[uri]
         return view
 
     async def devices(self, request: Request) -> Response:
-        stored = {row["uri"]: row for row in self.adapter.history.devices()}
-        uris = sorted(set(stored) | set(self.adapter.connector.devices) | set(self.adapter.online))
-        return json_response([self._device_view(uri, stored.get(uri)) for uri in uris])
-
-    def _known(self, uri: str) -> dict[str, Any] | None:
-        stored = self.adapter.history.device(uri)
-        if stored is None and uri not in self.adapter.connector.devices:
-            return None
-        return self._device_view(uri, stored)
+        now = self.board.snapshot()
+        stored = {row["uri"]: row for row in self.history.devices()}
+        uris = sorted(set(stored) | set(now.platform.devices) | set(now.pipeline.online))
+        return json_response([self._device_view(now, uri, stored.get(uri)) for uri in uris])
 
     async def device(self, request: Request) -> Response:
         uri = request.params["id"]
-        view = self._known(uri)
-        if view is None:
+        now = self.board.snapshot()
+        stored = self.history.device(uri)
+        if stored is None and uri not in now.platform.devices:
             return json_response({"error": f"unknown device {uri!r}"}, status=404)
-        return json_response(view)
+        return json_response(self._device_view(now, uri, stored))
 
     async def average(self, request: Request) -> Response:
         status, body = average_answer(
-            self.adapter.history, request.params["id"], request.query, time.time()
+            self.history, request.params["id"], request.query, time.time()
         )
         return json_response(body, status)
 
     async def healthz(self, request: Request) -> Response:
-        a = self.adapter
-        down_for = a.platform_down_for()
+        now = self.board.snapshot()
+        platform = now.platform
+        down_for = platform.down_for_s
         body = {
-            "mqtt": "up" if a.mqtt.connected else "down",
-            "platform": "up" if a.connector.ready else "down",
-            "platform_down_for_s": None if down_for is None else round(down_for, 1),
-            "platform_last_error": a.connector.last_error or None,
-            "outbox_depth": len(a.outbox),
-            "dead_letters": a.outbox.dead_letter_count(),
-            "devices": len(a.connector.devices),
-            "quarantined": sorted(a.connector.quarantined),
+            "mqtt": "up" if now.mqtt.connected else "down",
+            "platform": "up" if platform.ready else "down",
+            "platform_down_for_s": down_for,
+            "platform_last_error": platform.last_error or None,
+            "outbox_depth": now.outbox.depth,
+            "dead_letters": now.outbox.dead_letters,
+            "devices": len(platform.devices),
+            "quarantined": sorted(platform.quarantined),
         }
         healthy = down_for is None or down_for < PLATFORM_DOWN_LIMIT
         return json_response(body, status=200 if healthy else 503)
 
     async def overview(self, request: Request) -> Response:
         """Everything the status page's overview shows, in one answer."""
-        a = self.adapter
-        down_for = a.platform_down_for()
+        now = self.board.snapshot()
+        mqtt, platform, mappings = now.mqtt, now.platform, now.mappings
+        counts = {
+            **now.pipeline.counts,
+            "mapping_reloads": mappings.reloads,
+            "mapping_reload_errors": mappings.reload_errors,
+        }
         return json_response(
             {
                 "mqtt": {
-                    "up": a.mqtt.connected,
-                    "client_id": a.mqtt.client_id,
-                    ("up_for_s" if a.mqtt.connected else "down_for_s"): round(
-                        time.monotonic() - a.mqtt.changed_at, 1
-                    ),
+                    "up": mqtt.connected,
+                    "client_id": mqtt.client_id,
+                    ("up_for_s" if mqtt.connected else "down_for_s"): mqtt.for_s,
                 },
                 "platform": {
-                    "up": a.connector.ready,
-                    "down_for_s": None if down_for is None else round(down_for, 1),
-                    "up_for_s": a.platform_up_for(),
-                    "gateway": a.connector.gid or None,
-                    "last_error": a.connector.last_error or None,
+                    "up": platform.ready,
+                    "down_for_s": platform.down_for_s,
+                    "up_for_s": platform.up_for_s,
+                    "gateway": platform.gateway or None,
+                    "last_error": platform.last_error or None,
                 },
-                "outbox_depth": len(a.outbox),
-                "oldest_waiting_s": a.oldest_waiting(),
-                "dead_letters": a.outbox.dead_letter_count(),
-                "quarantined": a.connector.quarantined,
-                "devices": len(a.connector.devices),
-                "counts": a.counts,
+                "outbox_depth": now.outbox.depth,
+                "oldest_waiting_s": now.outbox.oldest_waiting_s,
+                "dead_letters": now.outbox.dead_letters,
+                "quarantined": dict(platform.quarantined),
+                "devices": len(platform.devices),
+                "counts": counts,
                 "unmapped_topics": [
                     {"topic": topic, "count": count}
-                    for topic, count in a.unmapped_topics.most_common(10)
+                    for topic, count in now.pipeline.unmapped_topics
                 ],
             }
         )
@@ -294,7 +286,7 @@ class Api:
             return json_response(
                 {"error": 'body must be JSON {"topic": text, "payload": text}'}, status=400
             )
-        return json_response(explain_result(self.adapter.mappings, topic, payload.encode("utf-8")))
+        return json_response(explain_result(self.mappings(), topic, payload.encode("utf-8")))
 
     async def prometheus(self, request: Request) -> Response:
         return Response(

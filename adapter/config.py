@@ -1,6 +1,6 @@
 """Settings: defaults, then the `--config` YAML file, then the environment, then flags.
 
-The names and defaults are fixed by `configuration.md`. One table of specs (`_SPECS`) drives
+The names and defaults are fixed by `configuration.md`. One table of specs (`SPECS`) drives
 parsing, the YAML keys, the command-line flags and `describe`. Everything is validated here,
 before anything connects, and every problem becomes one `SettingsError` line that names the
 setting, the value and what is accepted, never a secret.
@@ -169,7 +169,7 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-def _boolean(text: str) -> bool:
+def parse_boolean(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in _TRUE:
         return True
@@ -294,7 +294,7 @@ class _Spec:
 _LOGLEVELS = ("debug", "info", "warning", "error", "critical")
 _LOGFORMATS = ("text", "json")
 
-_SPECS: tuple[_Spec, ...] = (
+SPECS: tuple[_Spec, ...] = (
     _Spec("MQTT_HOST", _non_empty("a host name or address"), "127.0.0.1", "broker host", "HOST"),
     _Spec(
         "MQTT_PORT",
@@ -324,9 +324,9 @@ _SPECS: tuple[_Spec, ...] = (
         flag=False,
     ),
     _Spec("MQTT_PASSWORD_FILE", _path, None, "file holding the broker password", "FILE"),
-    _Spec("MQTT_TLS", _boolean, "false", "TLS to the broker", "BOOL"),
+    _Spec("MQTT_TLS", parse_boolean, "false", "TLS to the broker", "BOOL"),
     _Spec("MQTT_CA_FILE", _path, None, "CA bundle for the broker", "FILE", none_text="(system)"),
-    _Spec("MQTT_TLS_INSECURE", _boolean, "false", "skip broker certificate checks", "BOOL"),
+    _Spec("MQTT_TLS_INSECURE", parse_boolean, "false", "skip broker certificate checks", "BOOL"),
     _Spec("MQTT_QOS", _integer(0, 2), "1", "subscription QoS", "QOS"),
     _Spec("MQTT_STATUS_TOPIC", _status_topic, "sepl-adapter/status", "birth/will topic", "TOPIC"),
     _Spec("CONNECTOR_URL", _url("ws", "wss"), "ws://127.0.0.1:8093/", "connector URL", "URL"),
@@ -344,7 +344,7 @@ _SPECS: tuple[_Spec, ...] = (
         "legacy registration path (D4)",
         "PATH",
     ),
-    _Spec("CONNECTOR_HTTPS", _boolean, "false", "wss/https for looked-up endpoints", "BOOL"),
+    _Spec("CONNECTOR_HTTPS", parse_boolean, "false", "wss/https for looked-up endpoints", "BOOL"),
     _Spec("CONNECTOR_USER", _plain_text, "", "platform user", "USER"),
     _Spec(
         "CONNECTOR_PASSWORD",
@@ -358,7 +358,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("CONNECTOR_PASSWORD_FILE", _path, None, "file holding the platform password", "FILE"),
     _Spec("CONNECTOR_PROTOCOL", _choice("envelope", "legacy"), "envelope", "dialect (D1)", "NAME"),
     _Spec("CONNECTOR_CA_FILE", _path, None, "CA bundle for wss", "FILE", none_text="(system)"),
-    _Spec("CONNECTOR_TLS_INSECURE", _boolean, "false", "skip wss certificate checks", "BOOL"),
+    _Spec("CONNECTOR_TLS_INSECURE", parse_boolean, "false", "skip wss certificate checks", "BOOL"),
     _Spec("CONNECTOR_REQUEST_TIMEOUT", _positive_duration, "10s", "answer timeout", "DURATION"),
     _Spec("CONNECTOR_PING_INTERVAL", _positive_duration, "15s", "ping interval", "DURATION"),
     _Spec("CONNECTOR_PING_TIMEOUT", _positive_duration, "10s", "pong timeout", "DURATION"),
@@ -388,7 +388,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("ADAPTER_HTTP_TOKEN_FILE", _path, None, "file holding the API token", "FILE"),
     _Spec(
         "ADAPTER_HTTP_ALLOW_UNAUTHENTICATED",
-        _boolean,
+        parse_boolean,
         "false",
         "serve the API on a non-loopback address without a token",
         "BOOL",
@@ -433,8 +433,8 @@ _SPECS: tuple[_Spec, ...] = (
         "FORMAT",
     ),
 )
-_BY_ENV = {spec.env: spec for spec in _SPECS}
-_GROUPS = {spec.env.split("_")[0].lower() for spec in _SPECS}
+BY_ENV = {spec.env: spec for spec in SPECS}
+_GROUPS = {spec.env.split("_")[0].lower() for spec in SPECS}
 _LOGLEVEL_FALLBACK = "LOGGING_LEVEL"
 
 
@@ -459,7 +459,7 @@ def _error(spec: _Spec, raw: _Raw, problem: ValueError) -> SettingsError:
 # --- the layers
 
 
-def _yaml_text(value: object) -> str:
+def yaml_text(value: object) -> str:
     """A YAML scalar as the text an environment variable would hold."""
     if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off as booleans
         return "true" if value else "false"
@@ -497,7 +497,7 @@ def _read_file(path: str) -> dict[str, _Raw]:
 
     result: dict[str, _Raw] = {}
     for written, env, value in entries:
-        spec = _BY_ENV.get(env)
+        spec = BY_ENV.get(env)
         if spec is None:
             raise SettingsError(f"{path}: unknown setting {written!r}")
         if env in result:
@@ -507,13 +507,13 @@ def _read_file(path: str) -> dict[str, _Raw]:
         where = f"{written} in {path}"
         if isinstance(value, list | dict):
             raise SettingsError(f"{env} ({where}) is not valid: expected a single value")
-        result[env] = _Raw(_yaml_text(value), FILE, env, where)
+        result[env] = _Raw(yaml_text(value), FILE, env, where)
     return result
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, _Raw]:
     result: dict[str, _Raw] = {}
-    for spec in _SPECS:
+    for spec in SPECS:
         value = environ.get(spec.env, "")
         if value:  # empty variables count as unset
             result[spec.env] = _Raw(value, ENVIRONMENT, spec.env)
@@ -525,7 +525,7 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, _Raw]:
 
 def _from_flags(args: argparse.Namespace) -> dict[str, _Raw]:
     result: dict[str, _Raw] = {}
-    for spec in _SPECS:
+    for spec in SPECS:
         value = getattr(args, spec.attr, None)
         if value is None:
             continue
@@ -567,7 +567,7 @@ def load(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for spec in _SPECS:
+    for spec in SPECS:
         given = raw.get(spec.env)
         if given is None:
             sources[spec.env] = DEFAULT
@@ -588,10 +588,10 @@ def load(
         values["adapter_state_dir"] = _state_dir_default(environ)
 
     # A secret's file wins over the secret itself, whichever layer each came from.
-    for spec in _SPECS:
+    for spec in SPECS:
         if spec.file_env is None or values[spec.file_env.lower()] is None:
             continue
-        file_spec = _BY_ENV[spec.file_env]
+        file_spec = BY_ENV[spec.file_env]
         content = _check_readable(file_spec, raw[spec.file_env], values[file_spec.attr])
         values[spec.attr] = Secret(content.rstrip("\r\n"))
         sources[spec.env] = sources[spec.file_env]
@@ -600,15 +600,15 @@ def load(
     for env in ("MQTT_CA_FILE", "CONNECTOR_CA_FILE"):
         path = values[env.lower()]
         if path is not None:
-            _check_readable(_BY_ENV[env], raw[env], path)
+            _check_readable(BY_ENV[env], raw[env], path)
 
     if values["reconnect_max"] < values["reconnect_min"]:
         # Blame the one that was given; when both were, the maximum.
         if "RECONNECT_MAX" in raw or "RECONNECT_MIN" not in raw:
-            spec, given = _BY_ENV["RECONNECT_MAX"], raw.get("RECONNECT_MAX")
+            spec, given = BY_ENV["RECONNECT_MAX"], raw.get("RECONNECT_MAX")
             bound = f">= RECONNECT_MIN ({_format_duration(values['reconnect_min'])})"
         else:
-            spec, given = _BY_ENV["RECONNECT_MIN"], raw.get("RECONNECT_MIN")
+            spec, given = BY_ENV["RECONNECT_MIN"], raw.get("RECONNECT_MIN")
             bound = f"<= RECONNECT_MAX ({_format_duration(values['reconnect_max'])})"
         given = given or _Raw(spec.default or "", DEFAULT, spec.env)
         raise _error(spec, given, ValueError(f"expected {_DURATION_HINT}, {bound}"))
@@ -620,7 +620,7 @@ def load(
         and not values["adapter_http_token"]
         and not values["adapter_http_allow_unauthenticated"]
     ):
-        spec = _BY_ENV["ADAPTER_HTTP"]
+        spec = BY_ENV["ADAPTER_HTTP"]
         raise _error(
             spec,
             raw.get("ADAPTER_HTTP") or _Raw(spec.default or "", DEFAULT, spec.env),
@@ -651,12 +651,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", default=None, help="YAML settings file (below env and flags)"
     )
     group = parser.add_argument_group("settings (each also an environment variable)")
-    for spec in _SPECS:
+    for spec in SPECS:
         if not spec.flag:
             continue
         default = spec.none_text if spec.default is None else spec.default or "empty"
         help_text = f"{spec.meaning} [{spec.env}, default {default}]".replace("%", "%%")
-        if spec.parse is _boolean:
+        if spec.parse is parse_boolean:
             group.add_argument(
                 spec.option,
                 dest=spec.attr,
@@ -706,7 +706,7 @@ def describe(settings: Settings) -> str:
     rows = [("NAME", "VALUE", "SOURCE")]
     rows += [
         (spec.env, _format_value(spec, settings), settings.sources.get(spec.env, DEFAULT))
-        for spec in _SPECS
+        for spec in SPECS
     ]
     name_width = max(len(row[0]) for row in rows)
     value_width = max(len(row[1]) for row in rows)

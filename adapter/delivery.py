@@ -7,7 +7,6 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -21,6 +20,7 @@ from adapter.sepl.errors import (
     EventRejected,
     LinkDown,
 )
+from adapter.status import DeliveryStatus, Latency
 
 log = logging.getLogger("adapter.delivery")
 
@@ -74,7 +74,7 @@ class Sender:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     stats: DeliveryStats = field(default_factory=DeliveryStats)
-    on_ack: Callable[[float], None] | None = None  # called with the event's age in seconds
+    latency: Latency = field(default_factory=Latency)  # from MQTT receive to the 200
 
     def __post_init__(self) -> None:
         self._ready: list[tuple[int, Entry]] = []  # heap by seq: sent in outbox order
@@ -116,6 +116,17 @@ class Sender:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def status(self) -> DeliveryStatus:
+        stats = self.stats
+        return DeliveryStatus(
+            stats.acknowledged,
+            stats.dead_lettered,
+            stats.retries,
+            self.in_flight,
+            tuple(self.latency.counts),
+            self.latency.sum,
+        )
 
     async def run(self) -> None:
         try:
@@ -303,8 +314,7 @@ class Sender:
         self.stats.acknowledged += 1
         age = max(0.0, time.time() - entry.created)
         self.stats.latency_sum += age
-        if self.on_ack is not None:
-            self.on_ack(age)
+        self.latency.observe(age)
         # Deleted in batches every few milliseconds: after a crash only the events in
         # flight and those answered since the last delete go again.
         if not self._acked:

@@ -19,7 +19,7 @@ from adapter.discovery import (
     tasmota_rules,
 )
 from adapter.mapping import MappingSet
-from adapter.sepl.state import write_atomically
+from adapter.statefile import write_atomically
 
 log = logging.getLogger("adapter.discovery")
 

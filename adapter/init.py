@@ -52,7 +52,7 @@ def bundled(name: str) -> Path:
 
 def _accepted(spec: config._Spec) -> str:
     """What a setting accepts, in words, from its own parser's error message."""
-    if spec.parse is config._boolean:
+    if spec.parse is config.parse_boolean:
         return "true or false"
     for probe in ("", "\x00?"):
         try:
@@ -75,7 +75,7 @@ def _scalar(text: str) -> str:
         text
         and isinstance(loaded, dict)
         and loaded.get("k") is not None
-        and config._yaml_text(loaded["k"]) == text
+        and config.yaml_text(loaded["k"]) == text
     ):
         return text
     return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
@@ -96,7 +96,7 @@ def _entry(spec: config._Spec, indent: str, value: str | None) -> list[str]:
     if accepted and accepted not in spec.meaning:
         notes.append(accepted)
     if spec.secret and spec.file_env is not None:
-        notes.append(f"better not here: use {_key_and_group(config._BY_ENV[spec.file_env])[0]}")
+        notes.append(f"better not here: use {_key_and_group(config.BY_ENV[spec.file_env])[0]}")
     if value is not None:
         setting = f"{indent}{key}: {_scalar(value)}"
     elif spec.default is None:
@@ -126,7 +126,7 @@ def starter_config(mappings_dir: Path, version: str | None = None) -> str:
         "",
     ]
     groups: dict[str, list[config._Spec]] = {}
-    for spec in config._SPECS:
+    for spec in config.SPECS:
         groups.setdefault(_key_and_group(spec)[1] or spec.env.lower(), []).append(spec)
     for group, specs in groups.items():
         flat = len(specs) == 1 and _key_and_group(specs[0])[1] is None

@@ -18,7 +18,6 @@ import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,7 +30,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from adapter.config import Settings
-from adapter.sepl.state import write_atomically
+from adapter.statefile import write_atomically
+from adapter.status import MqttStatus
 
 log = logging.getLogger("adapter.mqtt")
 
@@ -57,16 +57,6 @@ class Message(NamedTuple):  # one per message: a tuple is the cheapest to make
 
 
 Deliver = Callable[[list[Message]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class MqttStatus:
-    """What the API shows of the broker link."""
-
-    connected: bool
-    for_s: float  # seconds since `connected` last changed
-    client_id: str
-    received: int
 
 
 def stable_client_id(state_dir: Path) -> str:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from adapter.schema import Migration, open_versioned
 from adapter.sepl.device import Device
 from adapter.sqlitedb import transaction
+from adapter.status import OutboxStatus
 
 log = logging.getLogger("adapter.outbox")
 
@@ -156,6 +157,11 @@ class Outbox:
 
     def close(self) -> None:
         self.db.close()
+
+    def status(self) -> OutboxStatus:
+        oldest = self.oldest_created()
+        waiting = None if oldest is None else round(max(0.0, time.time() - oldest), 1)
+        return OutboxStatus(len(self), self.dead_letter_count(), self.dropped, waiting)
 
     def __len__(self) -> int:
         return self._count

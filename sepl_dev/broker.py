@@ -168,7 +168,7 @@ DEVICE_USER = "sepl-device"
 CERT_DAYS = 2  # test certificates: generated per run, never committed, short-lived
 
 # What the adapter's broker user may receive: the device topics of the bundled mapping
-# families (their subscription filters, adapter/app.py `subscription_filters`), its own
+# families (their subscription filters, adapter/livemappings.py `LiveMappings.filters`), its own
 # status and the Shelly Gen2 RPC replies. Mosquitto checks read access when it delivers a
 # message, so a subscription to a wider filter only receives what is listed here.
 ADAPTER_READ = (

@@ -21,8 +21,8 @@ from adapter.mapping import (
     compile_text,
     load_directory,
 )
+from adapter.mapping.eventparts import format_time
 from adapter.mapping.rules import parse_device_time
-from adapter.sepl.messages import format_time
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
 

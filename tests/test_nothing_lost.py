@@ -75,7 +75,7 @@ commands:
 """
 STATUS_TOPIC = "sepl-adapter/status"  # the default MQTT_STATUS_TOPIC
 INFLIGHT = 32  # the default CONNECTOR_INFLIGHT
-FORWARD_BATCH = 256  # adapter.app.FORWARD_BATCH
+FORWARD_BATCH = 256  # adapter.mqtt.BATCH: messages read before they are handed on
 
 
 def reading(n: int, v: float | str = 1.0) -> bytes:

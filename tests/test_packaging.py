@@ -124,7 +124,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_the_starter_config_lists_every_setting_with_its_default(tmp_path: Path) -> None:
     text = starter_config(tmp_path / "mappings", version="9.9")
-    for spec in config._SPECS:
+    for spec in config.SPECS:
         assert f"[{spec.env}]" in text, spec.env
     assert "version 9.9" in text
 
@@ -140,12 +140,12 @@ def test_the_starter_config_lists_every_setting_with_its_default(tmp_path: Path)
     path.write_text(uncomment(text), encoding="utf-8")
     every = config.load(flags("--config", str(path)), HOME)
     defaults = config.load(None, HOME)
-    for spec in config._SPECS:
+    for spec in config.SPECS:
         if spec.env == "MAPPINGS_DIR":
             continue
         assert getattr(every, spec.attr) == getattr(defaults, spec.attr), spec.env
     from_file = {env for env, source in every.sources.items() if source == "file"}
-    with_default = {s.env for s in config._SPECS if s.default is not None}
+    with_default = {s.env for s in config.SPECS if s.default is not None}
     assert from_file == with_default | {"MAPPINGS_DIR"}
 
 
@@ -600,9 +600,9 @@ def test_the_add_on_options_are_settings() -> None:
     options, schema = manifest["options"], manifest["schema"]
     assert set(options) <= set(schema)
     for key in schema:
-        assert key.upper() in config._BY_ENV, key
+        assert key.upper() in config.BY_ENV, key
     # The defaults of the options are valid settings (empty ones are left unset).
-    environ = {**HOME, **{k.upper(): config._yaml_text(v) for k, v in options.items() if v != ""}}
+    environ = {**HOME, **{k.upper(): config.yaml_text(v) for k, v in options.items() if v != ""}}
     config.load(None, environ)
 
 

@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapter.mapping.eventparts import event_metadata, format_time, payload_text
 from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.backoff import Backoff
@@ -60,17 +61,15 @@ from adapter.sepl.envelope import (
 from adapter.sepl.lookup import LookupError_, parse_lookup_body, registration_url
 from adapter.sepl.messages import (
     build_command,
-    event_metadata,
     event_payload,
-    format_time,
     parse_command,
     parse_event_payload,
-    payload_text,
     reply_payload,
 )
 from adapter.sepl.platform import Platform
 from adapter.sepl.session import GatewaySession
-from adapter.sepl.state import GatewayState, write_atomically
+from adapter.sepl.state import GatewayState
+from adapter.statefile import write_atomically
 
 PROTOCOL_DOC = Path("/work/shared/sepl-protocol.md")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from paho.mqtt.matcher import MQTTMatcher
 
+from adapter.mapping.eventparts import event_metadata, payload_text
 from adapter.mapping.paths import Search
 from adapter.mapping.rules import (
     CommandRule,
@@ -25,7 +26,6 @@ from adapter.mapping.rules import (
 )
 from adapter.mapping.yamlsource import MappingError
 from adapter.sepl.device import Device
-from adapter.sepl.messages import event_metadata, payload_text
 from adapter.topic import (
     TopicError,
     TopicPattern,
@@ -164,9 +164,9 @@ class MappingSet:
 
     def candidates(self, topic: str) -> list[tuple[Rule, dict[str, str]]]:
         """Every rule whose pattern matches, most specific first."""
-        return [(rule, values) for rule, values, _, _ in self._matches(topic)]
+        return [(rule, values) for rule, values, _, _ in self.matches(topic)]
 
-    def _matches(self, topic: str) -> list[tuple[Rule, dict[str, str], Device, Extractors]]:
+    def matches(self, topic: str) -> list[tuple[Rule, dict[str, str], Device, Extractors]]:
         # Devices publish to the same few topics over and over, so the matches of a topic,
         # with their rendered devices, are kept: a dict lookup per message whatever the
         # number of rules. A mapping reload builds a new set and so a new cache.
@@ -205,7 +205,7 @@ class MappingSet:
         """A message to its outcome, or None when no rule takes it."""
         rejected: Rejected | None = None
         decoded: dict[str, Any] = {}
-        for rule, values, device, extractors in self._matches(topic):
+        for rule, values, device, extractors in self.matches(topic):
             if rule.ignore and not rule.when:
                 return None
             try:
@@ -450,9 +450,9 @@ class _FilterTrie:
         node.rules.append(rule)
 
     def intersecting(self, topic_filter: str) -> Iterator[Rule]:
-        yield from self._walk(topic_filter.split("/"), 0)
+        yield from self.walk(topic_filter.split("/"), 0)
 
-    def _walk(self, levels: list[str], i: int) -> Iterator[Rule]:
+    def walk(self, levels: list[str], i: int) -> Iterator[Rule]:
         if "#" in self.children:  # '#' here takes the rest, the parent level included
             yield from self.children["#"].rules
         if i == len(levels):
@@ -461,24 +461,24 @@ class _FilterTrie:
         level = levels[i]
         if level == "#":
             yield from self.rules
-            yield from self._everything_below()
+            yield from self.everything_below()
             return
         if level == "+":  # every child shares topics with '+'
             for key, child in self.children.items():
                 if key != "#":
-                    yield from child._walk(levels, i + 1)
+                    yield from child.walk(levels, i + 1)
             return
         # A literal level meets only its own child and '+': dict lookups, so checking
         # 10,000 rules stays linear.
         for key in (level, "+"):
             found = self.children.get(key)
             if found is not None:
-                yield from found._walk(levels, i + 1)
+                yield from found.walk(levels, i + 1)
 
-    def _everything_below(self) -> Iterator[Rule]:
+    def everything_below(self) -> Iterator[Rule]:
         for child in self.children.values():
             yield from child.rules
-            yield from child._everything_below()
+            yield from child.everything_below()
 
 
 __all__ = [

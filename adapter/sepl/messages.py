@@ -1,135 +1,14 @@
-"""What events, commands and replies carry (protocol Part 2 §2.9, §3; decision D10). Pure."""
+"""What events, commands and replies carry on the wire (protocol Part 2 §2.9, §3). Pure."""
 
 from __future__ import annotations
 
-import base64
-import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from adapter.sepl.envelope import ProtocolError
 
 PART_METADATA = "metadata"
 PART_DATA = "data"
-
-
-def format_time(moment: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and Z: `2026-11-23T20:14:04.123Z` (D9, D10)."""
-    moment = moment.astimezone(UTC)
-    # strftime is the dearest part of an event's metadata and its text changes once a
-    # second: it is remembered per second (events come in bursts of the same seconds).
-    second = (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
-    prefix = _SECONDS.get(second)
-    if prefix is None:
-        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
-        if len(_SECONDS) >= _SECONDS_KEPT:
-            _SECONDS.clear()
-        _SECONDS[second] = prefix
-    return prefix + _MILLIS[moment.microsecond // 1000]
-
-
-_SECONDS: dict[tuple[int, int, int, int, int, int], str] = {}
-_SECONDS_KEPT = 4096  # seconds remembered (cleared when full): about an hour of traffic
-_MILLIS = tuple(f"{millis:03d}Z" for millis in range(1000))
-
-
-def to_millis(moment: datetime) -> datetime:
-    """The instant `format_time` writes: microseconds cut to milliseconds."""
-    cut = moment.microsecond % 1000
-    # Datetimes are immutable: a moment already on a millisecond is its own answer.
-    return moment if cut == 0 else moment.replace(microsecond=moment.microsecond - cut)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
-
-
-def millis_timestamp(moment: datetime) -> float:
-    """`to_millis(moment).timestamp()` (the same float: both divide the same integer
-    exactly), without building the cut datetime."""
-    if moment.tzinfo is None:  # local time: only timestamp() knows the zone's rules
-        return to_millis(moment).timestamp()
-    return ((moment - _EPOCH) // _MILLISECOND) / 1000
-
-
-def payload_text(payload: bytes) -> tuple[str, str | None]:
-    """The device payload as event text: UTF-8 as is, otherwise base64 (D10)."""
-    try:
-        return payload.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return base64.b64encode(payload).decode("ascii"), "base64"
-
-
-def event_metadata(
-    *,
-    time: datetime,
-    topic: str,
-    readings: Mapping[str, float],
-    primary: str | None,
-    encoding: str | None = None,
-) -> str:
-    fast = _fast_metadata(time, topic, readings, primary, encoding)
-    if fast is not None:
-        return fast
-    body: dict[str, Any] = {
-        "time": format_time(time),
-        "topic": topic,
-        "readings": dict(readings),
-        "primary": primary,
-    }
-    if encoding:
-        body["encoding"] = encoding
-    return _METADATA_ENCODER.encode(body)
-
-
-# What json.dumps(body, ensure_ascii=False, separators=(",", ":")) uses, made once: dumps
-# builds a new encoder for every call when given arguments.
-_METADATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-# The string and float encodings that encoder uses (C code): encode_basestring for
-# ensure_ascii=False, float.__repr__ for finite floats.
-_encode_string = json.encoder.encode_basestring
-_float_repr = float.__repr__
-
-
-def _fast_metadata(
-    time: datetime,
-    topic: str,
-    readings: Mapping[str, float],
-    primary: str | None,
-    encoding: str | None,
-) -> str | None:
-    """The metadata text of the common case (str topic, str keys, finite float readings,
-    as mapping makes them) written directly: the same characters as the encoder gives, at
-    a fraction of the cost (the encoder's set-up per call outweighed the work). None for
-    anything else, which the encoder then writes."""
-    if (
-        type(topic) is not str
-        or not (primary is None or type(primary) is str)
-        or not (encoding is None or type(encoding) is str)
-    ):
-        return None
-    parts = []
-    for name, value in readings.items():
-        # value - value is 0.0 exactly for finite floats (NaN and infinities give NaN).
-        if type(name) is not str or type(value) is not float or value - value != 0.0:
-            return None
-        parts.append(_encode_string(name) + ":" + _float_repr(value))
-    # format_time gives plain ASCII digits and separators: nothing to escape.
-    text = (
-        '{"time":"'
-        + format_time(time)
-        + '","topic":'
-        + _encode_string(topic)
-        + ',"readings":{'
-        + ",".join(parts)
-        + '},"primary":'
-        + ("null" if primary is None else _encode_string(primary))
-    )
-    if encoding:
-        return text + ',"encoding":' + _encode_string(encoding) + "}"
-    return text + "}"
 
 
 def event_payload(device_uri: str, service_uri: str, data: str, metadata: str) -> dict[str, Any]:

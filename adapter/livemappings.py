@@ -1,0 +1,132 @@
+"""The mapping set in force: the hand-written files, reloaded when they change (hot
+reload), merged with the devices that Tasmota and Home Assistant discovery announce.
+Whenever the set changes, `on_change` gets the new set and the device URIs discovery
+removed, so the adapter can change its subscriptions and release devices no rule makes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import anyio
+
+from adapter.discovered import DiscoverySource
+from adapter.mapping import MappingError, MappingSet, load_directory
+from adapter.status import MappingsStatus
+from adapter.topic import TopicPattern
+
+log = logging.getLogger("adapter")
+
+POLL = 0.5  # seconds between looks at the mapping directory
+
+OnChange = Callable[[MappingSet, Sequence[str]], Awaitable[None]]
+
+
+class LiveMappings:
+    def __init__(
+        self,
+        directory: Path,
+        device_prefix: str,
+        hand_written: MappingSet,
+        discovery: DiscoverySource | None,
+    ) -> None:
+        self.directory = directory
+        self.device_prefix = device_prefix
+        self.hand_written = hand_written
+        self.discovery = discovery
+        self.current = self._merged()
+        self.on_change: OnChange | None = None
+        self.reloads = 0
+        self.reload_errors = 0
+
+    def status(self) -> MappingsStatus:
+        current = self.current
+        return MappingsStatus(
+            len(current.rules), len(current.commands), self.reloads, self.reload_errors
+        )
+
+    def _merged(self) -> MappingSet:
+        if self.discovery is None:
+            return self.hand_written
+        return self.discovery.merged(self.hand_written)
+
+    def filters(self) -> list[str]:
+        """Every subscription the set needs: its rules' topics, command reply topics and
+        the discovery topics."""
+        filters = set(self.current.filters)
+        for command in self.current.commands:
+            if command.reply is not None:
+                filters.add(TopicPattern.compile(command.reply.topic).mqtt_filter)
+        if self.discovery is not None:
+            filters.update(self.discovery.filters())
+        return sorted(filters)
+
+    # --- discovery (the pipeline hands over its messages) --------------------------------
+
+    def owns(self, topic: str) -> bool:
+        return self.discovery is not None and self.discovery.owns(topic)
+
+    def take(self, topic: str, payload: bytes) -> bool:
+        """A discovery config; True when it changed what discovery generates."""
+        return self.discovery is not None and self.discovery.take(topic, payload)
+
+    async def apply_discovery(self) -> None:
+        assert self.discovery is not None
+        await self._apply(self._merged(), self.discovery.take_removed())
+
+    async def watch_discovery(self) -> None:
+        """The settle time: configs of an earlier run not announced again are removed."""
+        if self.discovery is None:
+            return
+        while not self.discovery.settle_due():
+            await anyio.sleep(1.0)
+        await self.apply_discovery()
+
+    # --- the files -----------------------------------------------------------------------
+
+    async def watch_files(self) -> None:
+        """An edited mapping directory takes effect within about a second; an invalid
+        edit is logged with its location and the previous mappings stay."""
+        signature = signature_of(self.directory)
+        while True:
+            await anyio.sleep(POLL)
+            current = await anyio.to_thread.run_sync(signature_of, self.directory)
+            if current == signature:
+                continue
+            signature = current
+            try:
+                new = await anyio.to_thread.run_sync(
+                    load_directory, self.directory, self.device_prefix
+                )
+            except MappingError as exc:
+                self.reload_errors += 1
+                log.error("mapping change not applied, the previous mappings stay: %s", exc)
+                continue
+            except Exception:
+                # A loader bug must not stop a running adapter over an edited file.
+                self.reload_errors += 1
+                log.exception("mapping change not applied, the previous mappings stay")
+                continue
+            self.hand_written = new
+            await self._apply(self._merged(), ())
+
+    async def _apply(self, new: MappingSet, removed: Sequence[str]) -> None:
+        self.current = new
+        self.reloads += 1
+        if self.on_change is not None:
+            await self.on_change(new, removed)
+        log.info("mappings reloaded: %d rules, %d command rules", len(new.rules), len(new.commands))
+
+
+def signature_of(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, modification times and sizes of the mapping files: cheap to compare."""
+    entries = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)

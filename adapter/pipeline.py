@@ -1,0 +1,284 @@
+"""The way from a batch of received MQTT messages to outbox rows and the broker's
+acknowledgements.
+
+For each message, in the order received: the adapter's own publications coming back are
+skipped, replies to pending commands are matched, discovery configs go to the mapping
+source, the retained-message policy (FORWARD_RETAINED) is applied, and the mappings make
+an event, an availability change, a rejection or nothing of it. Events go into the outbox
+and to the sender; rejected messages become dead letters with their reason; then every
+message of the slice is acknowledged to the broker, in order, dead-lettered ones
+included (MQTT 3.1.1 §4.6); the readings follow to the history.
+
+The mapping stage (adapter/mapping/) is pure; this module is where its outcomes meet the
+outbox. The command path (adapter/commands.py) shares `Replies` with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import anyio
+
+from adapter.history import Reading
+from adapter.mapping import AvailabilityChange, MappingSet, PublishPlan, Rejected
+from adapter.mapping.eventparts import event_metadata, millis_timestamp, payload_text
+from adapter.mqtt import Message
+from adapter.outbox import Entry, NewEvent, Outbox
+from adapter.sepl.device import Device
+from adapter.status import PipelineStatus
+
+log = logging.getLogger("adapter")
+
+SLICE = 32  # messages mapped, stored and acknowledged before the answers get a turn
+UNMAPPED_TOPICS_KEPT = 1000
+OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
+
+
+class MappingSource(Protocol):
+    """What the pipeline needs of the mappings: the current set, and discovery configs."""
+
+    @property
+    def current(self) -> MappingSet: ...
+    def owns(self, topic: str) -> bool: ...
+    def take(self, topic: str, payload: bytes) -> bool: ...
+    async def apply_discovery(self) -> None: ...
+
+
+class ReadingSink(Protocol):
+    async def put(self, readings: list[Reading]) -> None: ...
+
+
+@dataclass
+class ReplyWaiter:
+    plan: PublishPlan
+    done: anyio.Event = field(default_factory=anyio.Event)
+    data: str | None = None
+    topic: str = ""
+    received: datetime | None = None
+
+
+class Replies:
+    """Commands waiting for their device's reply, and the adapter's own recent publishes
+    (MQTT 3.1.1 has no No Local: they come back on the subscriptions)."""
+
+    def __init__(self) -> None:
+        self.waiting: list[ReplyWaiter] = []
+        self._published: dict[tuple[str, bytes], float] = {}
+
+    def expect(self, plan: PublishPlan) -> ReplyWaiter:
+        waiter = ReplyWaiter(plan)
+        self.waiting.append(waiter)
+        return waiter
+
+    def forget(self, waiter: ReplyWaiter) -> None:
+        self.waiting.remove(waiter)
+
+    def published(self, topic: str, payload: str) -> None:
+        now = time.monotonic()
+        if len(self._published) > 1000:
+            self._published = {k: t for k, t in self._published.items() if t >= now}
+        self._published[(topic, payload.encode("utf-8"))] = now + OWN_ECHO_WINDOW
+
+    def is_own(self, topic: str, payload: bytes) -> bool:
+        expiry = self._published.pop((topic, payload), None)
+        return expiry is not None and expiry >= time.monotonic()
+
+    def match(self, message: Message, mappings: MappingSet) -> None:
+        for waiter in self.waiting:
+            if waiter.received is not None or waiter.plan.reply_topic != message.topic:
+                continue
+            data = mappings.reply_data(waiter.plan, message.payload)
+            if data is not None:  # the first reply that matches this command's predicate
+                waiter.data, waiter.topic, waiter.received = data, message.topic, message.received
+                waiter.done.set()
+
+
+class RateLimitedLog:
+    """At most one line a minute per key, so a chatty broken device cannot flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last.get(key, -self.interval) < self.interval:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return
+        skipped = self.suppressed.pop(key, 0)
+        self.last[key] = now
+        suffix = f" ({skipped} more since the last report)" if skipped else ""
+        log.warning(message + suffix, *args)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        mappings: MappingSource,
+        outbox: Outbox,
+        offer: Callable[[list[Entry]], None],
+        ack: Callable[[Sequence[Message]], None],
+        history: ReadingSink,
+        replies: Replies,
+        status_topic: str,
+        forward_retained: str,
+    ) -> None:
+        self.mappings = mappings
+        self.outbox = outbox
+        self.offer = offer
+        self.ack = ack
+        self.history = history
+        self.replies = replies
+        self.status_topic = status_topic
+        self.forward_retained = forward_retained
+        self.counts: Counter[str] = Counter()
+        self.online: dict[str, bool | None] = {}
+        self.unmapped_topics: Counter[str] = Counter()
+        self.problems = RateLimitedLog()
+
+    def count(self, what: str) -> None:
+        self.counts[what] += 1
+
+    def status(self) -> PipelineStatus:
+        return PipelineStatus(
+            dict(self.counts),
+            dict(self.online),
+            tuple(self.unmapped_topics.most_common(10)),
+        )
+
+    async def deliver(self, batch: list[Message]) -> None:
+        """The MQTT link's hand-over: the batch is stored and acknowledged when this
+        returns (the link reads nothing meanwhile)."""
+        for start in range(0, len(batch), SLICE):
+            await self._slice(batch[start : start + SLICE])
+            # Let the platform's answers in and the freed slots refill between slices.
+            await anyio.lowlevel.checkpoint()
+
+    async def _slice(self, messages: list[Message]) -> None:
+        events: list[NewEvent] = []
+        refused: list[tuple[NewEvent, str]] = []
+        readings: list[Reading] = []
+        discovered = False
+        mappings = self.mappings.current
+        for message in messages:
+            if not message.topic:  # not UTF-8: counted and logged by the link
+                continue
+            if self.mappings.owns(message.topic):
+                # Configuration, not telemetry: read whatever FORWARD_RETAINED says.
+                self.counts["discovery_messages"] += 1
+                discovered |= self.mappings.take(message.topic, message.payload)
+                continue
+            try:
+                self._take(message, mappings, events, refused, readings)
+            except Exception as exc:
+                # A bug on one message must not stop the adapter (it would come back from
+                # the broker at every start): keep it as a dead letter, go on.
+                self.counts["internal_errors"] += 1
+                log.exception("could not process a message on %s", message.topic)
+                refused.append((raw_event(message), f"internal error: {exc!r}"))
+        self.offer(self.outbox.add(events))
+        self.outbox.add_dead_letters(refused)
+        self.ack(messages)
+        await self.history.put(readings)
+        if discovered:
+            await self.mappings.apply_discovery()
+
+    def _take(
+        self,
+        message: Message,
+        mappings: MappingSet,
+        events: list[NewEvent],
+        refused: list[tuple[NewEvent, str]],
+        readings: list[Reading],
+    ) -> None:
+        counts = self.counts
+        counts["received"] += 1
+        if message.topic == self.status_topic or self.replies.is_own(
+            message.topic, message.payload
+        ):
+            counts["own_skipped"] += 1
+            return
+        if self.replies.waiting:
+            self.replies.match(message, mappings)
+        if not self._forwards_retained(message):
+            counts["retained_skipped"] += 1
+            return
+        outcome = mappings.map(message.topic, message.payload, message.received)
+        if outcome is None:
+            counts["unmapped"] += 1
+            self._note_unmapped(message.topic)
+        elif isinstance(outcome, Rejected):
+            counts["rejected"] += 1
+            rule = outcome.rule
+            self.problems.warning(
+                rule.id,
+                "rule %s: message on %s rejected: %s",
+                rule.id,
+                message.topic,
+                outcome.reason,
+            )
+            raw = raw_event(message)
+            event = NewEvent(outcome.device, rule.service, raw.data, raw.metadata, rule.id)
+            refused.append((event, outcome.reason))
+        elif isinstance(outcome, AvailabilityChange):
+            self._availability(outcome)
+        else:
+            counts["mapped"] += 1
+            if outcome.missing:
+                counts["readings_missing"] += 1
+            device = outcome.device
+            readings.append(
+                # The event's time has millisecond precision (D10); the history keeps the
+                # same instant, so the adapter's and the sandbox's averages agree exactly.
+                Reading(
+                    device.uri,
+                    millis_timestamp(outcome.time),
+                    outcome.readings,
+                    outcome.rule.primary,
+                    device.name,
+                    device.device_type,
+                )
+            )
+            events.append(
+                NewEvent(device, outcome.service, outcome.data, outcome.metadata, outcome.rule.id)
+            )
+
+    def _forwards_retained(self, message: Message) -> bool:
+        policy = self.forward_retained
+        if policy == "all":
+            return True
+        if policy == "none":
+            return not message.retain
+        return self.outbox.should_forward(message.topic, message.payload, message.retain)
+
+    def _availability(self, change: AvailabilityChange) -> None:
+        uri = change.device.uri
+        if self.online.get(uri, "unknown") != change.online:
+            state = {True: "online", False: "offline", None: "unknown"}[change.online]
+            log.info("device %s is %s", uri, state)
+        self.online[uri] = change.online
+
+    def _note_unmapped(self, topic: str) -> None:
+        self.unmapped_topics[topic] += 1
+        if len(self.unmapped_topics) > UNMAPPED_TOPICS_KEPT * 5:
+            # Bounded memory: keep the most frequent ones (a chatty broker has many topics).
+            self.unmapped_topics = Counter(
+                dict(self.unmapped_topics.most_common(UNMAPPED_TOPICS_KEPT))
+            )
+
+
+def raw_event(message: Message) -> NewEvent:
+    """A message kept as it came, for the dead letters."""
+    data, encoding = payload_text(message.payload)
+    metadata = event_metadata(
+        time=message.received, topic=message.topic, readings={}, primary=None, encoding=encoding
+    )
+    return NewEvent(Device("unmapped", message.topic, ""), "", data, metadata)
