@@ -28,7 +28,7 @@ from anyio.abc import TaskGroup
 
 from adapter import config
 from adapter.delivery import Sender
-from adapter.discovered import DiscoverySource
+from adapter.discovery import DiscoverySource
 from adapter.history import HistoryStore, HistoryWriter, Reading
 from adapter.mapping import (
     AvailabilityChange,
