@@ -184,7 +184,7 @@ def tags(pairs: Iterable[tuple[str, Any]]) -> dict[str, str]:
     return found
 
 
-def no_topic(topic: Any, what: str) -> str | None:
+def not_a_topic(topic: Any, what: str) -> str | None:
     """Why a value from discovery data is no topic text at all, or None. Whether the text
     is a valid topic the mapping compiler says (rules take discovered topics literally)."""
     if isinstance(topic, str) and topic:

@@ -24,7 +24,7 @@ from adapter.discovery.generated import (
     Document,
     GeneratedDevice,
     all_device_types,
-    no_topic,
+    not_a_topic,
     payload_problem,
     reading_name,
     tags,
@@ -331,7 +331,7 @@ def _state(
         if component in ("sensor", "binary_sensor"):
             build.problem(f"{label}: no state_topic")
         return None
-    problem = no_topic(topic, f"{label}: state_topic")
+    problem = not_a_topic(topic, f"{label}: state_topic")
     if problem is not None:
         build.problem(problem)
         return None
@@ -385,7 +385,7 @@ def _availability(
         if not isinstance(entry, dict):
             build.problem(f"{label}: availability entry is not an object")
             continue
-        problem = no_topic(entry.get("topic"), f"{label}: availability topic")
+        problem = not_a_topic(entry.get("topic"), f"{label}: availability topic")
         if problem is not None:
             build.problem(problem)
             continue
@@ -423,7 +423,7 @@ def _commands(
         if component != "number":
             build.problem(f"{label}: no command_topic")
         return
-    problem = no_topic(topic, f"{label}: command_topic")
+    problem = not_a_topic(topic, f"{label}: command_topic")
     if problem is not None:
         build.problem(problem)
         return

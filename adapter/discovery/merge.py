@@ -51,10 +51,10 @@ def merge(
             devices.append(device)
     taken_ids = {rule.id for rule in hand_written.rules} | {c.id for c in hand_written.commands}
     owned = list(_items(devices, "rules", taken_ids, notes))
-    templates = _unified_devices([item.body["device"] for item in owned], notes)
+    unified = _unified_devices([item.body["device"] for item in owned], notes)
     by_topic: dict[str, list[_Item]] = {}
     for item in owned:
-        body = {**item.body, "device": templates[item.body["device"]["uri"]]}
+        body = {**item.body, "device": unified[item.body["device"]["uri"]]}
         by_topic.setdefault(body["topic"], []).append(_Item(item.source, body, item.device))
     rules: list[Rule] = []
     for topic, members in by_topic.items():
@@ -62,7 +62,7 @@ def merge(
             for rule in _compiled(where, {"rules": [body]}, notes)[0]:
                 _note_overrides(hand_written, rule, notes)
                 rules.append(rule)
-    commands = _merge_commands(hand_written, devices, templates, taken_ids, notes)
+    commands = _merge_commands(hand_written, devices, unified, taken_ids, notes)
     merged = MappingSet(
         [*hand_written.rules, *rules],
         [*hand_written.commands, *commands],
@@ -229,7 +229,7 @@ def _note_overrides(hand_written: MappingSet, rule: Rule, notes: list[str]) -> N
 def _merge_commands(
     hand_written: MappingSet,
     devices: Sequence[GeneratedDevice],
-    templates: dict[str, Document],
+    unified: dict[str, Document],
     taken_ids: set[str],
     notes: list[str],
 ) -> list[CommandRule]:
@@ -247,8 +247,8 @@ def _merge_commands(
             )
             continue
         seen[uri, service] = item
-        if uri in templates:
-            command = {**command, "device_type": templates[uri]["type"]}
+        if uri in unified:
+            command = {**command, "device_type": unified[uri]["type"]}
         for other in hand_written.commands:
             if other.service == service and other.device_values(uri, "") is not None:
                 notes.append(

@@ -1,4 +1,5 @@
-"""Mapping files to compiled rules: the schema, checked key by key with `file:line:col`."""
+"""Mapping files and documents to compiled rules: the schema, checked key by key, with
+`file:line:col` (or a document's source name) in every error."""
 
 from __future__ import annotations
 
