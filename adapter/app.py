@@ -26,7 +26,7 @@ from adapter import config
 from adapter.commands import CommandHandler
 from adapter.config import Settings
 from adapter.delivery import Sender
-from adapter.discovered import DiscoverySource
+from adapter.discovery import DiscoverySource
 from adapter.history import HistoryStore, HistoryWriter
 from adapter.livemappings import LiveMappings
 from adapter.mapping import MappingError, MappingSet, load_directory

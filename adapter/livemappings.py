@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 
-from adapter.discovered import DiscoverySource
+from adapter.discovery import DiscoverySource
 from adapter.mapping import MappingError, MappingSet, load_directory
 from adapter.status import MappingsStatus
 from adapter.topic import TopicPattern

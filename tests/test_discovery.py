@@ -8,11 +8,13 @@ from __future__ import annotations
 import copy
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from adapter.discovery import (
     DISCOVERED_PRIORITY,
@@ -20,7 +22,9 @@ from adapter.discovery import (
     HA_DEVICE_ABBREVIATIONS,
     HA_ENTITY_ABBREVIATIONS,
     HA_ORIGIN_ABBREVIATIONS,
+    STATE_FILE,
     DiscoveryError,
+    DiscoverySource,
     GeneratedDevice,
     expand,
     ha_rules,
@@ -34,12 +38,15 @@ from adapter.discovery import (
 )
 from adapter.mapping import (
     AvailabilityChange,
+    CommandRule,
     Mapped,
     MappingSet,
     Outcome,
+    Rule,
     compile_text,
     load_directory,
 )
+from adapter.mapping.compile import compile_document, path_of
 
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -442,10 +449,9 @@ def test_value_templates_understood(
 ) -> None:
     parsed = parse_template(text)
     assert parsed is not None
-    assert (parsed.path.text, parsed.json) == (path, is_json)
-    assert parsed.path.search(document) == value
-    found = parse_value_template(text)
-    assert found is not None and found.text == path
+    assert (parsed.path, parsed.json) == (path, is_json)
+    assert path_of(parsed.path).search(document) == value
+    assert parse_value_template(text) == path
 
 
 REJECTED = [
@@ -1322,6 +1328,114 @@ def test_device_prefix_and_device_types() -> None:
     )
     other = tasmota_rules("00000049A3BC", TASMOTA_DEFAULT_CONFIG, None, "tas/disc")
     assert generated(other).key == "tas/disc/00000049A3BC/config"
+
+
+# --- the documents: what the mapping compiler makes rules of ----------------------------
+
+
+def sample_devices() -> list[GeneratedDevice]:
+    lamp = {"schema": "json", "cmd_t": "zb/lamp/set", "stat_t": "zb/lamp", "dev": {"ids": ["l"]}}
+    heater = {
+        "cmd_t": "heater/set",
+        "stat_t": "heater",
+        "unit_of_meas": "°C",
+        "dev": {"ids": ["h"]},
+    }
+    return [
+        generated(device)
+        for device in (
+            tasmota_rules("A4CF12B3C4D5", PLUG_CONFIG, PLUG_SENSORS),
+            tasmota_rules("00000049A3BC", TASMOTA_DEFAULT_CONFIG, TASMOTA_LIST_SENSORS),
+            ha_rules(ESPHOME_SENSOR_TOPIC, ESPHOME_SENSOR),
+            ha_rules(ESPHOME_SWITCH_TOPIC, ESPHOME_SWITCH),
+            ha_rules(Z2M_SENSOR_TOPIC, Z2M_SENSOR),
+            ha_rules("homeassistant/switch/0x1/switch/config", z2m_switch("p", "0x1")),
+            ha_rules("homeassistant/light/lamp/config", lamp),
+            ha_rules("homeassistant/number/heater/target/config", heater),
+        )
+    ]
+
+
+def test_generated_rules_are_what_the_compiler_makes_of_the_documents() -> None:
+    for device in sample_devices():
+        assert device.problems == []
+        rules: list[Rule] = []
+        commands: list[CommandRule] = []
+        for source, document in device.documents.items():
+            assert source in (device.key, device.key.replace("/config", "/sensors"))
+            document_rules, document_commands = compile_document(document, source)
+            rules += document_rules
+            commands += document_commands
+            # The same document as a mapping file gives the same rules.
+            text = yaml.safe_dump(document, allow_unicode=True, sort_keys=False)
+            file_rules, file_commands = compile_text(text, "discovered.yaml")
+            assert document_rules == [replace(r, where=source) for r in file_rules]
+            assert document_commands == [replace(c, where=source) for c in file_commands]
+        assert (rules, commands) == (device.rules, device.commands)
+
+
+def test_generated_documents_in_the_mapping_schema() -> None:
+    device = generated(tasmota_rules("A4CF12B3C4D5", PLUG_CONFIG, PLUG_SENSORS))
+    sensors = device.documents["tasmota/discovery/A4CF12B3C4D5/sensors"]
+    assert (sensors["family"], sensors["device_type"]) == ("tasmota", "iot#tasmota-plug")
+    [sensor] = sensors["rules"]
+    assert sensor["id"] == "discovered:tasmota/discovery/A4CF12B3C4D5/config:1"
+    assert (sensor["topic"], sensor["literal"], sensor["priority"]) == (
+        "tele/pow1/SENSOR",
+        True,
+        DISCOVERED_PRIORITY,
+    )
+    assert sensor["readings"]["energy_power"] == "ENERGY.Power"
+    assert sensor["device"]["tags"]["unit_energy_power"] == "W"
+    config = device.documents["tasmota/discovery/A4CF12B3C4D5/config"]
+    on = next(c for c in config["commands"] if c["service"] == "on")
+    assert on["publish"] == {"topic": "cmnd/pow1/POWER1", "payload": "ON", "qos": 1}
+    assert on["reply"] == {
+        "topic": "stat/pow1/RESULT",
+        "timeout": "5s",
+        "match": [{"path": "POWER || POWER1", "exists": True}],
+    }
+    lwt = next(r for r in config["rules"] if "availability" in r)
+    assert lwt["availability"] == {"online": ["Online"], "offline": ["Offline"]}
+    json.dumps(device.documents)  # plain data
+
+
+def test_discovery_source_reads_the_state_an_earlier_version_wrote(tmp_path: Path) -> None:
+    # discovery.json as the adapter has always written it: the payloads as they came.
+    config = "tasmota/discovery/A4CF12B3C4D5/config"
+    sensors = "tasmota/discovery/A4CF12B3C4D5/sensors"
+    stored = {
+        config: json.dumps(PLUG_CONFIG),
+        sensors: json.dumps(PLUG_SENSORS),
+        Z2M_SENSOR_TOPIC: json.dumps(Z2M_SENSOR),
+        "elsewhere/x/config": "{}",  # no discovery topic of these prefixes: left out
+    }
+    (tmp_path / STATE_FILE).write_text(json.dumps(stored, indent=1, sort_keys=True))
+    source = DiscoverySource("tasmota/discovery", "homeassistant", tmp_path, settle=0)
+    assert source.filters() == [
+        "tasmota/discovery/+/config",
+        "tasmota/discovery/+/sensors",
+        "homeassistant/+/+/config",
+        "homeassistant/+/+/+/config",
+    ]
+    merged = source.merged(EMPTY)
+    assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).readings["energy_power"] == (
+        2635
+    )
+    z2m = mapped(merged.map("zigbee2mqtt/living_room", Z2M_TELEMETRY, NOW))
+    assert z2m.device.uri == "z2m:living_room"
+    assert source.take_removed() == []
+    assert not source.take(sensors, json.dumps(PLUG_SENSORS).encode())  # nothing new
+    # An empty config removes the device; the file keeps what is left.
+    assert source.owns(config) and source.take(config, b"")
+    assert source.take_removed() == ["tasmota:pow1"]
+    assert not source.merged(EMPTY).produces("tasmota:pow1")
+    assert set(json.loads((tmp_path / STATE_FILE).read_text())) == {sensors, Z2M_SENSOR_TOPIC}
+    # After the settle time, configs not announced again since the start are dropped.
+    assert source.settle_due()
+    assert source.take_removed() == ["z2m:living_room"]
+    assert set(json.loads((tmp_path / STATE_FILE).read_text())) == {sensors}  # announced
+    assert source.merged(EMPTY).rules == []
 
 
 # --- fuzzing with the real shapes --------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Mapping files to compiled rules: the schema, checked key by key with `file:line:col`."""
+"""Mapping files and documents to compiled rules: the schema, checked key by key, with
+`file:line:col` (or a document's source name) in every error."""
 
 from __future__ import annotations
 
@@ -50,11 +51,12 @@ RULE_KEYS = {
     "timestamp",
     "availability",
     "ignore",
+    "literal",
 }
 # An ignore rule takes its topics away from every less specific rule and drops them.
-IGNORE_RULE_KEYS = {"id", "topic", "priority", "when", "payload", "ignore"}
+IGNORE_RULE_KEYS = {"id", "topic", "priority", "when", "payload", "ignore", "literal"}
 DEVICE_KEYS = {"uri", "name", "tags", "type"}
-COMMAND_KEYS = {"id", "service", "device", "device_type", "publish", "reply"}
+COMMAND_KEYS = {"id", "service", "device", "device_type", "publish", "reply", "literal"}
 PUBLISH_KEYS = {"topic", "payload", "qos"}
 REPLY_KEYS = {"topic", "timeout", "match", "payload", "data"}
 CONDITION_KEYS = {"path", "equals", "in", "exists"}
@@ -114,16 +116,25 @@ def _zone(name: str, where: str) -> tzinfo:
 
 
 def compile_text(text: str, filename: str) -> tuple[list[Rule], list[CommandRule]]:
-    doc = parse_yaml(text, filename)
-    if doc is None:
+    document = parse_yaml(text, filename)
+    # Only YAML mappings carry their position; anything else stands at the file's start.
+    return compile_document(document, filename if isinstance(document, Node) else f"{filename}:1:1")
+
+
+def compile_document(document: Any, source: str) -> tuple[list[Rule], list[CommandRule]]:
+    """The rules and commands of a parsed mapping document: what `parse_yaml` makes of a
+    file (each mapping knows its `file:line:col`), or plain dicts and lists built by a
+    program (discovery), whose errors start with `source` instead. Raises MappingError."""
+    if document is None:
         return [], []
-    top = Reader(doc, f"{filename}:1:1", "a mapping file", FILE_KEYS)
+    document = _located(document, source)
+    top = Reader(document, where_of(document, source), "a mapping file", FILE_KEYS)
     if top.get("enabled", True) is False:
         return [], []
     family = top.text("family", "")
     default_type = top.text("device_type", f"iot#{family or 'generic'}")
     # Default ids carry the file's name: two files whose rules have no ids must not clash.
-    stem = FilePath(filename).stem
+    stem = FilePath(source).stem
     rules = [
         _compile_rule(node, top, i, family, default_type, stem)
         for i, node in enumerate(_list(top, "rules"))
@@ -133,6 +144,19 @@ def compile_text(text: str, filename: str) -> tuple[list[Rule], list[CommandRule
         for i, node in enumerate(_list(top, "commands"))
     ]
     return rules, commands
+
+
+def _located(value: Any, where: str) -> Any:
+    """Plain dicts as Nodes that stand at `where`, key by key; Nodes keep their places."""
+    if isinstance(value, Node):
+        return value
+    if isinstance(value, dict):
+        node = Node({key: _located(item, where) for key, item in value.items()})
+        node.where, node.key_where = where, dict.fromkeys(node, where)
+        return node
+    if isinstance(value, list):
+        return [_located(item, where) for item in value]
+    return value
 
 
 def _list(reader: Reader, key: str) -> list[Any]:
@@ -147,8 +171,11 @@ def _compile_rule(
 ) -> Rule:
     r = Reader(node, where_of(node, top.at("rules")), f"rule #{index + 1}", RULE_KEYS)
     rule_id = r.text("id", f"{stem}-rule-{index + 1}")
+    topic = r.text("topic")
+    if _flag(r, "literal"):
+        _check_topic_name(r, "topic", topic, literal=True)
     try:
-        pattern = TopicPattern.compile(r.text("topic"))
+        pattern = TopicPattern.compile(topic)
     except TopicError as exc:
         raise r.fail("topic", f"invalid topic pattern: {exc}") from None
     # Words that recur in every rule are interned: one string instead of 10,000 copies
@@ -160,10 +187,7 @@ def _compile_rule(
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise r.fail("priority", "priority must be an integer")
     when = compile_conditions(r.node["when"], r.at("when"), "condition") if r.has("when") else ()
-    ignore = r.get("ignore", False)
-    if not isinstance(ignore, bool):
-        raise r.fail("ignore", "'ignore' takes true or false")
-    if ignore:
+    if _flag(r, "ignore"):
         for key in r.node:
             if key not in IGNORE_RULE_KEYS:
                 raise r.fail(
@@ -215,6 +239,26 @@ def _compile_rule(
         timestamp,
         availability,
     )
+
+
+def _flag(reader: Reader, key: str) -> bool:
+    value = reader.get(key, False)
+    if not isinstance(value, bool):
+        raise reader.fail(key, f"{key!r} takes true or false")
+    return value
+
+
+def _check_topic_name(reader: Reader, key: str, topic: str, literal: bool) -> None:
+    """A topic to publish to, or a literal one: no wildcards. In a template the `{name}`s
+    are checked without their braces; a literal topic may not hold braces at all."""
+    try:
+        validate_topic_name(topic if literal else topic.replace("{", "").replace("}", ""))
+    except TopicError as exc:
+        raise reader.fail(key, str(exc)) from None
+    if literal and ("{" in topic or "}" in topic):
+        raise reader.fail(
+            key, f"literal topic {topic[:80]!r}: rules cannot take '{{' or '}}' literally"
+        )
 
 
 def _values(reader: Reader, key: str) -> tuple[Any, ...]:
@@ -295,6 +339,7 @@ def _compile_command(
     node: Any, top: Reader, index: int, default_type: str, stem: str
 ) -> CommandRule:
     c = Reader(node, where_of(node, top.at("commands")), f"command #{index + 1}", COMMAND_KEYS)
+    literal = _flag(c, "literal")
     service = c.text("service")
     device = c.text("device")
     clashing = sorted(set(placeholders(device)) & CORRELATION_PLACEHOLDERS)
@@ -310,12 +355,9 @@ def _compile_command(
     p = c.sub("publish", f"publish of command {service!r}", PUBLISH_KEYS)
     topic = p.text("topic")
     payload = p.get("payload", "{data}")
+    _check_topic_name(p, "topic", topic, literal)
     _check_placeholders(p, "topic", [topic], allowed, device)
     _check_placeholders(p, "payload", _strings(payload), allowed, device)
-    try:
-        validate_topic_name(topic.replace("{", "").replace("}", ""))
-    except TopicError as exc:
-        raise p.fail("topic", str(exc)) from None
     qos = p.get("qos", 1)
     if qos not in (0, 1, 2) or isinstance(qos, bool):
         raise p.fail("qos", "qos must be 0, 1 or 2")
@@ -323,6 +365,8 @@ def _compile_command(
     if c.has("reply"):
         rp = c.sub("reply", f"reply of command {service!r}", REPLY_KEYS)
         reply_topic = rp.text("topic")
+        if literal:
+            _check_topic_name(rp, "topic", reply_topic, literal=True)
         _check_placeholders(rp, "topic", [reply_topic], allowed, device)
         try:
             TopicPattern.compile(reply_topic)
@@ -413,6 +457,7 @@ def compile_files(
 
 __all__ = [
     "MappingError",
+    "compile_document",
     "compile_files",
     "compile_text",
     "path_of",

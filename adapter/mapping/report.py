@@ -68,7 +68,7 @@ def _load(args: argparse.Namespace) -> MappingSet | None:
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    from adapter.discovered import STATE_FILE, DiscoverySource  # discovery uses this package
+    from adapter.discovery import STATE_FILE, DiscoverySource  # discovery uses this package
 
     if args.state_dir is not None and (args.state_dir / STATE_FILE).exists():
         source = DiscoverySource(

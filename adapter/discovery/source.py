@@ -1,6 +1,6 @@
 """The discovery source (issue [8]): reads Tasmota and Home Assistant discovery configs
 (never writes them), keeps them in the state directory, and turns them into generated
-mapping rules beside the hand-written ones (adapter/discovery.py does the parsing)."""
+mapping documents and rules beside the hand-written ones."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter.discovery import (
-    DiscoveryError,
-    GeneratedDevice,
-    ha_rules,
-    merge,
-    tasmota_rules,
-)
+from adapter.discovery.generated import DiscoveryError, GeneratedDevice
+from adapter.discovery.homeassistant import ha_rules
+from adapter.discovery.merge import merge
+from adapter.discovery.tasmota import tasmota_rules
 from adapter.mapping import MappingSet
 from adapter.statefile import write_atomically
 
 log = logging.getLogger("adapter.discovery")
 
+# The discovery payloads as they came, by topic: what is kept is the devices' own words,
+# so a newer adapter makes its documents from them again (nothing to migrate).
 STATE_FILE = "discovery.json"
 
 
