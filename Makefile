@@ -54,10 +54,15 @@ run: setup
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# ruff (SLF001: no private member access), mypy strict, import-linter's contracts in
+# pyproject.toml, and .ci/public_api_check.py for what those cannot see (subclasses of a
+# library's classes, getattr/setattr of private names).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+	$(VPY) .ci/public_api_check.py adapter sepl_dev bench
 
 # Every scenario of issue [6] with real Mosquitto and adapter processes, bench.history and
 # bench.match included; a table, and JSON in bench/results/. BENCH_ARGS=--quick for a smoke
@@ -66,5 +71,5 @@ bench: venv mosquitto
 	$(VPY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache .hypothesis .grimp_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

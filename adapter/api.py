@@ -13,7 +13,7 @@ from adapter import httpserver
 from adapter.history import HistoryStore, average_answer
 from adapter.httpserver import Request, Response, Router, error_response, json_response
 from adapter.mapping import MappingSet
-from adapter.mapping.report import explain_result
+from adapter.mappingcheck import explain_result
 from adapter.status import LATENCY_BUCKETS, DeliveryStatus, Snapshot, StatusBoard
 from adapter.web import TOKEN_COOKIE, Answer, assets, cookie_authorization, login_answer
 

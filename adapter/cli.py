@@ -23,13 +23,13 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "check": (
         "validate and list the mappings",
-        "adapter.mapping.report",
+        "adapter.mappingcheck",
         "configure_check",
         "check",
     ),
     "explain": (
         "show what the mappings make of one message",
-        "adapter.mapping.report",
+        "adapter.mappingcheck",
         "configure_explain",
         "explain",
     ),

@@ -1,11 +1,12 @@
 """Mapping files: YAML rules that turn MQTT messages into SEPL devices and events, and SEPL
-commands into MQTT publishes. Compiling and matching are pure; `load_directory` reads."""
+commands into MQTT publishes. Compiling and matching are pure; `load_directory` here is
+the only part that reads files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from adapter.mapping.compile import compile_files, compile_text, read_files
+from adapter.mapping.compile import compile_files, compile_text
 from adapter.mapping.mappingset import (
     AvailabilityChange,
     Mapped,
@@ -17,6 +18,20 @@ from adapter.mapping.mappingset import (
 )
 from adapter.mapping.rules import CommandRule, Rule
 from adapter.mapping.yamlsource import MappingError
+
+
+def read_files(directory: Path) -> list[tuple[Path, bytes]]:
+    """The mapping files of a directory in name order, with their bytes."""
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not directory.is_dir():
+        raise MappingError(f"{directory}: not a directory")
+    sources = []
+    for path in files:
+        try:
+            sources.append((path, path.read_bytes()))
+        except OSError as exc:
+            raise MappingError(f"{path}: cannot read: {exc}") from None
+    return sources
 
 
 def load_directory(directory: Path, device_prefix: str = "") -> MappingSet:

@@ -423,21 +423,6 @@ def _check_placeholders(
                 )
 
 
-def read_files(directory: FilePath) -> list[tuple[FilePath, bytes]]:
-    """The mapping files of a directory in name order, with their bytes (read once: what is
-    hashed for the cache is what is compiled)."""
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    if not directory.is_dir():
-        raise MappingError(f"{directory}: not a directory")
-    sources = []
-    for path in files:
-        try:
-            sources.append((path, path.read_bytes()))
-        except OSError as exc:
-            raise MappingError(f"{path}: cannot read: {exc}") from None
-    return sources
-
-
 def compile_files(
     sources: Sequence[tuple[FilePath, bytes]],
 ) -> tuple[list[Rule], list[CommandRule]]:
@@ -461,7 +446,6 @@ __all__ = [
     "compile_files",
     "compile_text",
     "path_of",
-    "read_files",
 ]
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapter.discovery import STATE_FILE, DiscoverySource
 from adapter.mapping import (
     AvailabilityChange,
     Mapped,
@@ -68,8 +69,6 @@ def _load(args: argparse.Namespace) -> MappingSet | None:
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-    from adapter.discovery import STATE_FILE, DiscoverySource  # discovery uses this package
-
     if args.state_dir is not None and (args.state_dir / STATE_FILE).exists():
         source = DiscoverySource(
             os.environ.get("DISCOVERY_TASMOTA", "tasmota/discovery"),
