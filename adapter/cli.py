@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from adapter.schema import SchemaError
+from adapter.migrations import SchemaError
 
 # name: (help, module, parser set-up function, entry function)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -59,7 +59,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     ),
     "init": (
         "write a commented starter config and a copy of the bundled mappings",
-        "adapter.init",
+        "adapter.starter",
         "configure_parser",
         "main",
     ),
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"%(prog)s {_function('adapter.init', 'installed_version')()}",
+        version=f"%(prog)s {_function('adapter.starter', 'installed_version')()}",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (text, module, configure, _) in SUBCOMMANDS.items():

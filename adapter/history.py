@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import anyio
 
 from adapter import fastjson
-from adapter.schema import Migration, open_versioned
+from adapter.migrations import Migration, open_versioned
 from adapter.sqlitedb import transaction
 
 GRANULARITIES = (
@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS devices (
     uri TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', type TEXT NOT NULL DEFAULT '',
     primary_reading TEXT, last_seen REAL, last_readings TEXT NOT NULL DEFAULT '{}');
 """
-# Schema versions (adapter/schema.py): SCHEMA above is version 1, the first release. Do not
+# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release. Do not
 # edit it or any released migration; append one for every change, and tests/test_migrations.py
 # checks that the files of every earlier version still open.
 MIGRATIONS = (

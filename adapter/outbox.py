@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from adapter.schema import Migration, open_versioned
+from adapter.migrations import Migration, open_versioned
 from adapter.sepl.device import Device
 from adapter.sqlitedb import transaction
 from adapter.status import OutboxStatus
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS retained (
     topic TEXT PRIMARY KEY,
     payload BLOB NOT NULL);
 """
-# Schema versions (adapter/schema.py): SCHEMA above is version 1, the first release. Do not
+# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release. Do not
 # edit it or any released migration; append one for every change, and tests/test_migrations.py
 # checks that the files of every earlier version still open.
 MIGRATIONS = (Migration(1, "outbox, dead letters and retained payloads", SCHEMA),)

@@ -35,10 +35,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from adapter.init import bundled
+from adapter.starter import bundled
 
 # Package data of an installed wheel first (adapter/bundled/mosquitto), else the source
-# tree's mosquitto/ directory: see adapter.init.bundled.
+# tree's mosquitto/ directory: see adapter.starter.bundled.
 DEFAULT_TEMPLATE = bundled("mosquitto") / "mosquitto.conf"
 MOSQUITTO_MISSING = "mosquitto not found: install it with 'apt-get install mosquitto'"
 LOOPBACK = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""Schema versions of the SQLite files (adapter/schema.py): a file of every earlier version
+"""Schema versions of the SQLite files (adapter/migrations.py): a file of every earlier version
 opens, migrates and keeps its rows; a file of a newer version is refused, not downgraded.
 
 The fixtures in tests/fixtures/ were written by the code of each earlier version (see
@@ -17,12 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from adapter import cli, history, outbox, schema
+from adapter import cli, history, outbox
 from adapter.history import HistoryStore, Query
+from adapter.migrations import (
+    Migration,
+    SchemaTooNew,
+    latest_version,
+    migrate,
+    split_statements,
+    user_version,
+)
 from adapter.outbox import Outbox
 from adapter.sandbox import store as sandbox_store
 from adapter.sandbox.store import SandboxStore
-from adapter.schema import Migration, SchemaTooNew, migrate, split_statements, user_version
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 T0 = 1_763_900_000.0  # make_schema_v0.T0
@@ -92,7 +99,7 @@ def test_outbox_v0_opens_migrates_and_keeps_its_events(tmp_path: Path) -> None:
     path = fixture_copy(tmp_path, "outbox-v0.sqlite3")
     box = Outbox(path)
     try:
-        assert user_version(box.db) == schema.latest_version(outbox.MIGRATIONS) >= 1
+        assert user_version(box.db) == latest_version(outbox.MIGRATIONS) >= 1
         # Six events were added; one went to the dead letters.
         assert len(box) == 5
         entries = box.after(0, 100)
@@ -130,7 +137,7 @@ def test_history_v0_opens_migrates_and_keeps_its_readings(tmp_path: Path) -> Non
     path = fixture_copy(tmp_path, "history-v0.sqlite3")
     store = HistoryStore(path, retention=100 * 365 * 86400.0)
     try:
-        assert user_version(store.db) == schema.latest_version(history.MIGRATIONS) >= 1
+        assert user_version(store.db) == latest_version(history.MIGRATIONS) >= 1
         devices = {d["uri"]: d for d in store.devices()}
         assert set(devices) == {KITCHEN, PLUG}
         kitchen = store.device(KITCHEN)
@@ -151,7 +158,7 @@ def test_sandbox_v0_opens_migrates_and_keeps_its_gateways(tmp_path: Path) -> Non
     path = fixture_copy(tmp_path, "sandbox-v0.sqlite3")
     store = SandboxStore(path)
     try:
-        assert user_version(store.db) == schema.latest_version(sandbox_store.MIGRATIONS) >= 1
+        assert user_version(store.db) == latest_version(sandbox_store.MIGRATIONS) >= 1
         gateway = store.gateway("gw-1")
         assert gateway is not None and (gateway.hash, gateway.devices) == ("hash-1", ["dev-1"])
         device = store.device("dev-1")
@@ -175,7 +182,7 @@ def test_every_fixture_migrates_and_keeps_its_rows(tmp_path: Path, name: str) ->
     for table, count in before.items():
         assert after.get(table, 0) >= count, table
     with raw(path) as db:
-        assert user_version(db) == schema.latest_version(migrations)
+        assert user_version(db) == latest_version(migrations)
 
     fresh = tmp_path / "fresh.sqlite3"
     opener(fresh).close()
@@ -188,7 +195,7 @@ def test_a_new_file_gets_the_latest_version(tmp_path: Path, kind: str) -> None:
     path = tmp_path / f"{kind}.sqlite3"
     opener(path).close()
     with raw(path) as db:
-        assert user_version(db) == schema.latest_version(migrations)
+        assert user_version(db) == latest_version(migrations)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -196,7 +203,7 @@ def test_in_memory_stores_are_versioned_too(kind: str) -> None:
     opener, migrations = KINDS[kind]
     store = opener(":memory:")
     try:
-        assert user_version(store.db) == schema.latest_version(migrations)
+        assert user_version(store.db) == latest_version(migrations)
     finally:
         store.close()
 
@@ -301,7 +308,7 @@ def test_another_process_that_migrated_first_is_not_migrated_again(tmp_path: Pat
 
 def test_migrations_must_be_numbered_in_order() -> None:
     with pytest.raises(ValueError, match="numbered 3, expected 2"):
-        schema.latest_version((Migration(1, "a"), Migration(3, "b")))
+        latest_version((Migration(1, "a"), Migration(3, "b")))
 
 
 @pytest.mark.parametrize(
@@ -333,6 +340,6 @@ def test_split_statements_refuses_a_statement_without_its_semicolon() -> None:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_every_released_migration_is_numbered(kind: str) -> None:
     _, migrations = KINDS[kind]
-    assert schema.latest_version(migrations) == len(migrations) >= 1
+    assert latest_version(migrations) == len(migrations) >= 1
     for migration in migrations:
         split_statements(migration.sql)  # parses

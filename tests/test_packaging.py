@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from adapter import cli, config, logs
-from adapter.init import CONFIG_NAME, bundled, installed_version, starter_config
+from adapter.starter import CONFIG_NAME, bundled, installed_version, starter_config
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
@@ -428,7 +428,12 @@ def test_the_wheel_and_the_sdist_carry_the_bundled_files(built: tuple[Path, Path
         assert f"adapter/bundled/mappings/{name}" in names
     for name in ("mosquitto.conf", "secure.conf", "README.md"):
         assert f"adapter/bundled/mosquitto/{name}" in names
-    for name in ("adapter/init.py", "adapter/schema.py", "adapter/logs.py", "sepl_dev/simulate.py"):
+    for name in (
+        "adapter/starter.py",
+        "adapter/migrations.py",
+        "adapter/logs.py",
+        "sepl_dev/simulate.py",
+    ):
         assert name in names
     assert "adapter/web/adapter/index.html" in names
     assert not any(n.startswith(("tests/", "mappings/", "mosquitto/")) for n in names)
@@ -491,7 +496,7 @@ def test_the_installed_wheel_runs_outside_the_source_tree(installed: Path, tmp_p
         [
             str(installed / "bin" / "python"),
             "-c",
-            "import adapter, adapter.init as i, sepl_dev.broker as d\n"
+            "import adapter, adapter.starter as i, sepl_dev.broker as d\n"
             "print(adapter.__file__); print(i.bundled('mappings')); print(d.DEFAULT_TEMPLATE)",
         ],
         cwd=work,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adapter.schema import Migration, open_versioned
+from adapter.migrations import Migration, open_versioned
 from adapter.sepl.platform import Gateway, PlatformDevice
 
 SCHEMA = """
@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS commands (
     task_id TEXT PRIMARY KEY, device_uri TEXT NOT NULL, service_uri TEXT NOT NULL,
     sent REAL NOT NULL, request TEXT NOT NULL, response TEXT, answered REAL);
 """
-# Schema versions (adapter/schema.py): SCHEMA above is version 1, the first release. Do not
+# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release. Do not
 # edit it or any released migration; append one for every change, and tests/test_migrations.py
 # checks that the files of every earlier version still open.
 MIGRATIONS = (Migration(1, "gateways, devices, events and commands", SCHEMA),)

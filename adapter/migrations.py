@@ -35,7 +35,7 @@ __all__ = [
     "user_version",
 ]
 
-log = logging.getLogger("adapter.schema")
+log = logging.getLogger("adapter.migrations")
 
 
 class SchemaError(RuntimeError):
