@@ -10,9 +10,10 @@ the payload.
 
 Scenarios (issue [6]): 0 the sink alone with a trivial client (its capacity), 1+2
 throughput at QoS 0 and 1 against the naive forwarder (after a warm-up message per device,
-so first-seen registration is timed apart), 3 latency at a steady 1,000/s and at 100/s,
-4 commands answered by `adapter simulate` devices, 5 scale (start-up and RSS with 10,000
-devices and 10,000 rules), 6 recovery after a platform outage, 7 history (bench.history)
+so first-seen registration is timed apart), 3 latency at a steady 1,000/s and at 100/s, and
+at 1,000/s with a flat-out publisher to an unrelated topic sharing the cores,
+4 commands answered by `adapter simulate` devices, 5 scale (start-up and RSS with the
+bundled mappings and 10,000 devices), 6 recovery after a platform outage, 7 history (bench.history)
 plus bench.match. Each throughput run waits at most `--drain-cap` s for its events, so a
 slow forwarder bounds the run; it then reports the rate over what arrived and the rest as
 not in (loss unknown). `--quick` scales the counts down for a smoke run; `--profile` adds
@@ -50,6 +51,9 @@ from adapter.sepl.device import Device, gateway_hash
 from sepl_dev.broker import Broker, child_preexec, free_port, port_accepts, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
+# Where the adapter under test runs from: this checkout, or another one (--adapter-tree,
+# e.g. an older revision, measured with this revision's harness, naive forwarder and sink).
+ADAPTER_TREE = REPO
 RESULTS = Path(__file__).resolve().parent / "results"
 PY = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -82,7 +86,6 @@ class Settings:
     commands: int = 1000
     command_devices: int = 10
     scale_devices: int = 10_000
-    scale_rules: int = 10_000
     recovery_count: int = 100_000
     probe_count: int = 100_000
     profile: bool = False
@@ -102,7 +105,6 @@ class Settings:
             latency_devices=100,
             commands=200,
             scale_devices=2000,
-            scale_rules=2000,
             recovery_count=20_000,
             probe_count=20_000,
             profile_seconds=8.0,
@@ -251,14 +253,19 @@ class Stack:
             broker.stop()
 
     def spawn(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None, log: str = ""
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        log: str = "",
+        cwd: Path = REPO,
     ) -> Child:
         path = self.dir / (log or f"{name}.log")
         with path.open("ab") as out:
             started = time.monotonic()
             process = subprocess.Popen(
                 argv,
-                cwd=REPO,
+                cwd=cwd,
                 env={**os.environ, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -308,7 +315,9 @@ class Stack:
             "adapter",
             [PY, "-m", "adapter", "run"],
             log=log,
+            cwd=ADAPTER_TREE,
             env={
+                "PYTHONPATH": str(ADAPTER_TREE),
                 "MQTT_HOST": "127.0.0.1",
                 "MQTT_PORT": str(broker.port),
                 "CONNECTOR_URL": sink.url,
@@ -410,7 +419,7 @@ def tasmota_mappings(root: Path) -> Path:
     directory = root / "mappings-tasmota"
     if not directory.exists():
         directory.mkdir(parents=True)
-        shutil.copy(REPO / "mappings" / "tasmota.yaml", directory / "tasmota.yaml")
+        shutil.copy(ADAPTER_TREE / "mappings" / "tasmota.yaml", directory / "tasmota.yaml")
     return directory
 
 
@@ -455,8 +464,11 @@ def throughput_run(
     profile_flags: tuple[str, ...] = (),
     cap: float | None = None,
     devices: int = 0,
+    noise: bool = False,
 ) -> dict[str, Any]:
-    """Warm up (one message per device, so every device is known), then `count` messages."""
+    """Warm up (one message per device, so every device is known), then `count` messages.
+    With `noise`, a second publisher sends flat out to a topic nobody subscribes to while
+    the messages are measured: it shares the cores (and the broker) with the forwarder."""
     devices = devices or s.devices
     with Stack(root, name or f"throughput-{impl}-qos{qos}") as stack:
         broker = stack.broker()
@@ -478,6 +490,19 @@ def throughput_run(
         spy = None
         if profile_to is not None:
             spy = start_profiler(stack, fwd.pid, profile_to, s.profile_seconds, profile_flags)
+        noisy = None
+        if noise:
+            seconds = count / rate + 30 if rate else 120.0
+            noisy = stack.spawn(
+                "noise",
+                [
+                    *(PY, "-m", "bench.loadgen", "--port", str(broker.port)),
+                    *("--count", "100000000", "--devices", "100", "--qos", "1"),
+                    *("--workers", "1", "--topic", "bench-noise/{n:05d}/data"),
+                    *("--max-seconds", str(seconds)),
+                ],
+            )
+            time.sleep(1.0)  # at full speed before the measured messages start
         cpu0 = cpu_seconds(fwd.pid)
         sink_cpu0 = cpu_seconds(sink.child.pid)
         broker_cpu0 = cpu_seconds(broker.pid or 0)
@@ -497,6 +522,8 @@ def throughput_run(
         cap = max(10.0, (cap or s.drain_cap) - (time.monotonic() - wall0))
         final = wait_events(sink, count, timeout=cap, stall=30.0, watch=fwd)
         wall = time.monotonic() - wall0
+        if noisy is not None:
+            stop_process(noisy.process)
         cpu = cpu_seconds(fwd.pid) - cpu0
         busy = machine_busy() - busy0
         mem = memory(fwd.pid)
@@ -537,6 +564,7 @@ def throughput_run(
             "rss_mb": mem.get("VmRSS"),
             "threads": mem.get("threads"),
             "latency_ms": final.get("latency_ms"),
+            "noise": noise,
             "log_problems": problems(fwd),
         }
 
@@ -615,8 +643,33 @@ def scenario_latency(root: Path, s: Settings) -> dict[str, Any]:
     }
     la = low["adapter"]["latency_ms"] or {}
     ln = low["naive"]["latency_ms"] or {}
+    loaded = {
+        impl: throughput_run(
+            root,
+            s,
+            impl,
+            1,
+            count=count,
+            rate=s.latency_rate,
+            workers=1,
+            name=f"latency-loaded-{impl}",
+            cap=max(s.drain_cap, s.latency_seconds + 60),
+            devices=s.latency_devices,
+            noise=True,
+        )
+        for impl in ("adapter", "naive")
+    }
+    da = loaded["adapter"]["latency_ms"] or {}
+    dn = loaded["naive"]["latency_ms"] or {}
     return {
         **runs,
+        "loaded": {
+            **loaded,
+            "rate": s.latency_rate,
+            "seconds": s.latency_seconds,
+            "ratio_p50": ratio(da.get("p50"), dn.get("p50")),
+            "ratio_p99": ratio(da.get("p99"), dn.get("p99")),
+        },
         "rate": s.latency_rate,
         "seconds": s.latency_seconds,
         "ratio_p50": ratio(a.get("p50"), n.get("p50")),
@@ -683,27 +736,6 @@ def scenario_commands(root: Path, s: Settings) -> dict[str, Any]:
 
 
 # --- scenario 5: scale -----------------------------------------------------------------------
-
-
-def rules_file(directory: Path, count: int, per_file: int = 1000) -> Path:
-    """`count` Tasmota-like SENSOR rules, one per site: rule i takes site<i>/tele/+/SENSOR.
-    Spread over files of `per_file` rules: one file may hold at most 100,000 YAML nodes
-    (adapter/mapping/yamlsource.py), about 4,000 rules of this shape."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for start in range(0, count, per_file):
-        lines = ["family: bench", 'device_type: "iot#bench-plug"', "rules:"]
-        for i in range(start, min(count, start + per_file)):
-            lines += [
-                f"  - id: site{i}-sensor",
-                f'    topic: "site{i}/tele/{{topic}}/SENSOR"',
-                f'    device: {{uri: "site{i}:{{topic}}", name: "Site {i} {{topic}}"}}',
-                "    service: sepl_get",
-                "    payload: json",
-                "    readings: {power: ENERGY.Power, voltage: ENERGY.Voltage}",
-                "    primary: power",
-            ]
-        (directory / f"bench-{start // per_file:03d}.yaml").write_text("\n".join(lines) + "\n")
-    return directory
 
 
 def prefill(state: Path, devices: list[Device], gid: str) -> None:
@@ -780,8 +812,7 @@ def scale_case(
         result["threads"] = memory(adapter.pid).get("threads")
         result["log_problems"] = problems(adapter)
         if restart:
-            # The usual start: the same mapping files and state as the last run, so the
-            # compiled mappings come from the cache in the state directory.
+            # The usual start: the same mapping files and state as the last run.
             stack.stop(adapter)
             again = stack.adapter(
                 broker, sink, mappings, state=state, env=api, log="adapter-restart.log"
@@ -797,9 +828,10 @@ def scale_case(
 
 
 def scenario_scale(root: Path, s: Settings) -> dict[str, Any]:
-    tasmota = tasmota_mappings(root)
-    n_dev, n_rules = s.scale_devices, s.scale_rules
-    rules = rules_file(root / "mappings-rules", n_rules)
+    """Start-up and memory with the bundled mappings: without devices, with `scale_devices`
+    devices the platform already knows (a restart), and with a full re-sync of them."""
+    bundled = ADAPTER_TREE / "mappings"
+    n_dev = s.scale_devices
     plugs = [
         Device(
             f"tasmota:bench{i:05d}",
@@ -809,37 +841,18 @@ def scenario_scale(root: Path, s: Settings) -> dict[str, Any]:
         )
         for i in range(n_dev)
     ]
-    sites = [Device(f"site{i}:plug", f"Site {i} plug", "iot#bench-plug") for i in range(n_rules)]
     result: dict[str, Any] = {}
-    result["baseline"] = scale_case(root, "baseline", tasmota, [], False, None, 0)
+    result["baseline"] = scale_case(root, "baseline", bundled, [], False, None, 0)
     result["devices"] = scale_case(
-        root, "devices", tasmota, plugs, True, "tele/bench{n:05d}/SENSOR", n_dev
+        root, "devices", bundled, plugs, True, "tele/bench{n:05d}/SENSOR", n_dev, restart=True
     )
-    result["rules"] = scale_case(
-        root, "rules", rules, [], False, "site{n}/tele/plug/SENSOR", 100, restart=True
-    )
-    result["devices_and_rules"] = scale_case(
-        root, "devices-rules", rules, sites, True, "site{n}/tele/plug/SENSOR", n_rules
-    )
-    result["devices_full_sync"] = scale_case(root, "devices-sync", tasmota, plugs, False, None, 0)
-    # The mapping load alone, in-process (no interpreter start, no imports).
-    code = (
-        "import time,sys;from pathlib import Path;from adapter.mapping import load_directory;"
-        "t=time.perf_counter();load_directory(Path(sys.argv[1]));print(time.perf_counter()-t)"
-    )
-    out = subprocess.run(
-        [PY, "-c", code, str(rules)], capture_output=True, text=True, timeout=600, cwd=REPO
-    )
-    if out.returncode != 0:
-        raise BenchError(f"loading {n_rules} rules failed:\n{out.stderr[-1500:]}")
-    result["rules_load_s"] = round(float(out.stdout.strip()), 3)
+    result["devices_full_sync"] = scale_case(root, "devices-sync", bundled, plugs, False, None, 0)
     with Stack(root, "scale-naive") as stack:
         broker = stack.broker()
         sink = stack.sink()
         naive = stack.naive(broker, sink)
         result["naive_startup_s"] = round(time.monotonic() - naive.started, 3)
         result["naive_rss_mb"] = memory(naive.pid).get("VmRSS")
-    result["rules_count"] = n_rules
     result["devices_count"] = n_dev
     return result
 
@@ -1121,12 +1134,15 @@ def table(results: dict[str, Any], s: Settings) -> list[str]:
                 pair(n["publish_rate"], n["warmup_s"]),
             )
     if lat := ok("latency"):
-        for part, target in ((lat, "<25 ms"), (lat["low"], "")):
+        parts = [(lat, "<25 ms", ""), (lat["low"], "", "")]
+        if "loaded" in lat:
+            parts.append((lat["loaded"], "<25 ms", ", a flat-out publisher beside"))
+        for part, target, beside in parts:
             a = part["adapter"]["latency_ms"] or {}
             n = part["naive"]["latency_ms"] or {}
             label = (
                 f"3 latency @{part['rate']:g}/s for {part['seconds']:g} s, "
-                f"{part['adapter']['devices']:,} devices"
+                f"{part['adapter']['devices']:,} devices{beside}"
             )
             row(f"{label}: p50 ms", a.get("p50"), n.get("p50"), part["ratio_p50"])
             row(f"{label}: p99 ms", a.get("p99"), n.get("p99"), part["ratio_p99"], target)
@@ -1146,10 +1162,10 @@ def table(results: dict[str, Any], s: Settings) -> list[str]:
             row(f"{label}: RTT max ms", rtt.get("max"))
             row(f"{label}: timeouts / errors", pair(run["timeouts"], run["errors"]))
     if g := ok("scale"):
-        nd, nr = g["devices_count"], g["rules_count"]
+        nd = g["devices_count"]
         b = g["baseline"]
         row(
-            "5 start-up, Tasmota rules, no devices: s",
+            "5 start-up, bundled mappings, no devices: s",
             b["startup_s"],
             g["naive_startup_s"],
             ratio(b["startup_s"], g["naive_startup_s"]),
@@ -1161,28 +1177,19 @@ def table(results: dict[str, Any], s: Settings) -> list[str]:
             ratio(b["rss_ready_mb"], g["naive_rss_mb"]),
         )
         d = g["devices"]
-        row(f"5 start-up, {nd:,} known devices: s", d["startup_s"])
-        row(f"5 {nd:,} devices, one message each: forwarded in s", d.get("forward_s"))
-        row(f"5 {nd:,} devices: peak RSS MB (local API on)", d["peak_rss_mb"], None, None, "<60 MB")
-        fs = g["devices_full_sync"]
-        row(f"5 start-up, {nd:,} devices, full re-sync (puts): s", fs["startup_s"])
-        r = g["rules"]
-        row(f"5 start-up, {nr:,} rules, first run: s", r["startup_s"])
-        if "restart_startup_s" in r:
+        row(f"5 start-up, bundled mappings, {nd:,} known devices: s", d["startup_s"])
+        if "restart_startup_s" in d:
             row(
-                f"5 start-up, {nr:,} rules, restart (compiled cache): s",
-                r["restart_startup_s"],
+                f"5 restart, bundled mappings, {nd:,} known devices: s",
+                d["restart_startup_s"],
                 None,
                 None,
                 "<1 s",
             )
-            row(f"5 start-up, {nr:,} rules, restart: CPU s", r["restart_startup_cpu_s"])
-        row(f"5 {nr:,} rules: mapping load alone, s", g["rules_load_s"])
-        row(f"5 {nr:,} rules: RSS after start-up MB", r["rss_ready_mb"])
-        dr = g["devices_and_rules"]
-        row(f"5 start-up, {nr:,} rules + {nr:,} known devices: s", dr["startup_s"])
-        row(f"5 {nr:,} rules + devices, one message each: s", dr.get("forward_s"))
-        row(f"5 {nr:,} rules + devices: peak RSS MB", dr["peak_rss_mb"])
+        row(f"5 {nd:,} devices, one message each: forwarded in s", d.get("forward_s"))
+        row(f"5 {nd:,} devices: peak RSS MB (local API on)", d["peak_rss_mb"], None, None, "<60 MB")
+        fs = g["devices_full_sync"]
+        row(f"5 start-up, {nd:,} devices, full re-sync (puts): s", fs["startup_s"])
     if rc := ok("recovery"):
         label = f"6 outage, {rc['messages']:,} events"
         row(f"{label}: into the outbox, events/s", rc["buffer_rate"])
@@ -1331,7 +1338,15 @@ def main(argv: list[str] | None = None) -> int:
         "--drain-cap", type=float, help="s a throughput run waits for its events (60; quick 45)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--adapter-tree",
+        type=Path,
+        help="run the adapter from this checkout (e.g. an older revision) with this harness",
+    )
     args = parser.parse_args(argv)
+    global ADAPTER_TREE
+    if args.adapter_tree is not None:
+        ADAPTER_TREE = args.adapter_tree.resolve()
     s = Settings.quick_settings() if args.quick else Settings()
     s.profile = args.profile
     if args.drain_cap:
@@ -1346,6 +1361,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="sepl-bench-"))
     results: dict[str, Any] = {
         "revision": git("rev-parse", "--short", "HEAD"),
+        "adapter_tree": None if ADAPTER_TREE == REPO else str(ADAPTER_TREE),
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -1384,6 +1400,8 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"run-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print()
+    if results["adapter_tree"]:
+        print(f"adapter run from {results['adapter_tree']}")
     print(
         f"revision {results['revision']}{' (dirty)' if results['dirty'] else ''}, "
         f"{results['machine']['cores']} cores {results['machine']['cpu']}, "

@@ -36,7 +36,9 @@ def compile_search(parsed: Mapping[str, Any]) -> Search | None:
     `.parsed` of a compiled expression), or None when the tree uses more than the subset."""
     try:
         return _compile(parsed)
-    except Unsupported:
+    except (Unsupported, KeyError, IndexError, TypeError):
+        # Unsupported, or a tree of a shape this code does not know (the syntax tree is
+        # jmespath's own business and may change): jmespath itself searches then.
         return None
 
 
