@@ -343,7 +343,8 @@ class Connector:
                 ),
             )
             if refusal is Refusal.QUARANTINED:
-                continue  # raised above, with the reason
+                reason = link.session.quarantined.get(uri, "")
+                raise DeviceQuarantined(f"device {uri!r} is quarantined: {reason}")
             if refusal is not None:  # not ready, detached or changed meanwhile: again
                 known = self.state.devices.get(uri, known)
                 continue

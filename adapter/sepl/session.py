@@ -238,6 +238,7 @@ class GatewaySession:
         self._put_token: str | None = None
         self._commit_due: float | None = None
         self._commit_token: str | None = None
+        self._registering: set[str] = set()  # legacy: devices whose registration is under way
         self._writes: list[str] = []
         self._events: list[Event] = []
 
@@ -263,6 +264,8 @@ class GatewaySession:
 
     def start(self, now: float) -> None:
         """The credentials frame: the first thing on a new link (Part 2 §1.3, §2.6)."""
+        if self.closed:
+            return
         self.stats.connects += 1
         if self.legacy:
             # Era A: no answer, no gateway id, no hash; the devices are registered over
@@ -335,21 +338,27 @@ class GatewaySession:
         if device.uri in self.attached or any(d.uri == device.uri for d in self._puts):
             return
         if self.legacy:
-            self._register((device,))
+            if device.uri not in self._registering:
+                self._register((device,))
             return
         self._puts.append(device)
         self._next_put(now)
 
     def detach(self, uri: str, now: float, *, delete: bool = False) -> None:
-        """`disconnect` (or `delete`) an attached device, then commit (Part 2 §2.8)."""
+        """`disconnect` (or `delete`) an attached device, then commit (Part 2 §2.8). A put
+        of it still waiting is dropped; one already sent is followed by a disconnect."""
         self.quarantined.pop(uri, None)
+        in_flight = self._put_token is not None and self._puts and self._puts[0].uri == uri
+        self._puts = deque(
+            d for i, d in enumerate(self._puts) if d.uri != uri or (i == 0 and in_flight)
+        )
         if uri not in self.attached or self.phase is not Phase.READY:
             self.attached.discard(uri)
             return
         self.attached.discard(uri)
         if self.legacy:  # Era A never had un-registration (Part 2 §1.4)
             return
-        self._request("delete" if delete else "disconnect", uri, now, self.sync_timeout)
+        self._request("delete" if delete else "disconnect", uri, now, self.sync_timeout, uri)
         self._schedule_commit(now)
 
     def send_event(
@@ -393,7 +402,10 @@ class GatewaySession:
     def registered(self, devices: Iterable[Device], error: str | None = None) -> None:
         """Legacy: the outcome of the HTTP registration asked for by RegistrationNeeded.
         On success the bare `update` frame follows (D4)."""
+        if self.closed:
+            return
         devices = tuple(devices)
+        self._registering.difference_update(d.uri for d in devices)
         if error is not None:
             if self.phase is Phase.SYNC:
                 self._fail(f"registration failed: {error}")
@@ -445,6 +457,7 @@ class GatewaySession:
             self.phase = Phase.READY
             self._events.append(Ready(0))
             return
+        self._registering.update(d.uri for d in devices)
         self._events.append(RegistrationNeeded(devices))
 
     def _handshake_answer(self, text: str, now: float) -> None:
@@ -498,9 +511,10 @@ class GatewaySession:
 
     def _answered(self, request: _Request, answer: Envelope, now: float) -> None:
         handler = request.handler
+        # After any error answer only one request may be in flight until a 200 (D8): the
+        # platform counts every error in a row towards closing the session.
+        self.window = self.full_window if answer.status == 200 else 1
         if request.windowed:
-            # After an error answer only one request may be in flight until a 200 (D8).
-            self.window = self.full_window if answer.status == 200 else 1
             self.in_flight -= 1
         if handler == "event":
             self._events.append(EventDone(request.ref, self._event_outcome(request.uri, answer)))
@@ -564,7 +578,13 @@ class GatewaySession:
         self._put_token = None
         if self._puts and self._puts[0].uri == uri:
             self._puts.popleft()
-        if answer.status == 200:
+        if answer.status == 200 and uri not in self.devices and not self.legacy:
+            # Dropped by the caller while its put was under way: attached on the platform
+            # now, so it is disconnected again (before the sync's commit, if one follows).
+            self._request("disconnect", uri, now, self.sync_timeout, uri)
+            if self.phase is Phase.READY:
+                self._schedule_commit(now)
+        elif answer.status == 200:
             self.attached.add(uri)
             self.quarantined.pop(uri, None)
             self._events.append(Attached(uri))
