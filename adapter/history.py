@@ -64,9 +64,9 @@ CREATE TABLE IF NOT EXISTS devices (
     uri TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', type TEXT NOT NULL DEFAULT '',
     primary_reading TEXT, last_seen REAL, last_readings TEXT NOT NULL DEFAULT '{}');
 """
-# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release. Do not
-# edit it or any released migration; append one for every change, and tests/test_migrations.py
-# checks that the files of every earlier version still open.
+# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release.
+# Do not edit it or any released migration; append one for every change, and
+# tests/integration/test_migrations.py checks that files of every earlier version open.
 MIGRATIONS = (
     Migration(1, "readings with a covering index, and devices", SCHEMA),
     Migration(

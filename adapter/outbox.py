@@ -51,9 +51,9 @@ CREATE TABLE IF NOT EXISTS retained (
     topic TEXT PRIMARY KEY,
     payload BLOB NOT NULL);
 """
-# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release. Do not
-# edit it or any released migration; append one for every change, and tests/test_migrations.py
-# checks that the files of every earlier version still open.
+# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release.
+# Do not edit it or any released migration; append one for every change, and
+# tests/integration/test_migrations.py checks that files of every earlier version open.
 MIGRATIONS = (Migration(1, "outbox, dead letters and retained payloads", SCHEMA),)
 
 COLUMNS = "seq, created, device, device_uri, service, data, metadata, rule, attempts"

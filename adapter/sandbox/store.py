@@ -25,9 +25,9 @@ CREATE TABLE IF NOT EXISTS commands (
     task_id TEXT PRIMARY KEY, device_uri TEXT NOT NULL, service_uri TEXT NOT NULL,
     sent REAL NOT NULL, request TEXT NOT NULL, response TEXT, answered REAL);
 """
-# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release. Do not
-# edit it or any released migration; append one for every change, and tests/test_migrations.py
-# checks that the files of every earlier version still open.
+# Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release.
+# Do not edit it or any released migration; append one for every change, and
+# tests/integration/test_migrations.py checks that files of every earlier version open.
 MIGRATIONS = (Migration(1, "gateways, devices, events and commands", SCHEMA),)
 
 

@@ -474,14 +474,15 @@ class Connector:
         link.write_wanted.set()
 
     def _handle(self, link: _Link, event: Event) -> None:
-        if isinstance(event, EventDone):
+        if type(event) is EventDone:  # nearly every event: the answers to events
             ref = event.ref
-            if isinstance(ref, _Outcome):
+            if type(ref) is _Outcome:
                 ref.settle(event.error)
             else:
                 item, done = cast(tuple[OutgoingEvent, EventDone_], ref)
                 done(item, event.error)
-            self._hand_over()
+            if self._slot_waiters:
+                self._hand_over()
         elif isinstance(event, ResponseDone):
             assert isinstance(event.ref, _Outcome)
             event.ref.settle(event.error)
@@ -500,17 +501,7 @@ class Connector:
         elif isinstance(event, Committing):
             self._flush_save()  # the device set on disk is never older than a commit
         elif isinstance(event, HandshakeDone):
-            if event.gid != self.state.gid:
-                if self.state.gid:
-                    log.warning(
-                        "platform handed out a new gateway id %s (was %s)", event.gid, self.gid
-                    )
-                self.state.set_gid(event.gid)
-            if event.hash_matched:
-                log.info(
-                    "gateway hash matches: %d devices restored without sync",
-                    len(self.state.devices),
-                )
+            self._handshake_done(event)
         elif isinstance(event, Ready):
             self._ready_since = time.monotonic()
             self.down_since = None
@@ -536,6 +527,16 @@ class Connector:
         elif isinstance(event, Failed):
             link.failure = event.reason
             link.closed.set()
+
+    def _handshake_done(self, event: HandshakeDone) -> None:
+        if event.gid != self.state.gid:
+            if self.state.gid:
+                log.warning("platform handed out a new gateway id %s (was %s)", event.gid, self.gid)
+            self.state.set_gid(event.gid)
+        if event.hash_matched:
+            log.info(
+                "gateway hash matches: %d devices restored without sync", len(self.state.devices)
+            )
 
     def _settle_puts(self, uri: str, error: ConnectorError | None) -> None:
         for outcome in self._puts.pop(uri, ()):

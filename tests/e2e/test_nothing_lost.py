@@ -46,7 +46,7 @@ pytestmark = pytest.mark.slow
 
 MAPPING = """\
 family: load
-description: load-test devices of tests/test_nothing_lost.py
+description: load-test devices of tests/e2e/test_nothing_lost.py
 device_type: "iot#tasmota-plug"
 rules:
   - id: load-reading

@@ -17,8 +17,9 @@ import pytest
 
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
+from tests.peers import http_json, publish
 from tests.processes import REPO, AdapterProcess, wait_until
-from tests.test_discovery import (
+from tests.unit.test_discovery import (
     ESPHOME_SENSOR,
     ESPHOME_SENSOR_TOPIC,
     PLUG_CONFIG,
@@ -30,7 +31,6 @@ from tests.test_discovery import (
     Z2M_SENSOR_TOPIC,
     Z2M_TELEMETRY,
 )
-from tests.test_e2e import http_json, publish
 
 PLUG_MAC = "A4CF12B3C4D5"
 

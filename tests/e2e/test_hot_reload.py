@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sepl_dev.broker import Broker
 from sepl_dev.stack import SandboxProcess
+from tests.peers import POW_SENSOR, events_of, http_json, publish
 from tests.processes import REPO, AdapterProcess, wait_until
-from tests.test_e2e import POW_SENSOR, events_of, http_json, publish
 
 EXTRA = """\
 family: attic

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from adapter import config
 from adapter.config import Secret, Settings, SettingsError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOME = {"HOME": "/home/u"}
 
 # Every environment name of shared/configuration.md, in its order.

@@ -44,7 +44,7 @@ from adapter.sepl.lookup import LookupError_, parse_lookup_body
 from adapter.sepl.messages import build_command, parse_command, parse_event_payload
 from adapter.topic import validate_topic_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUNDLED = {
     path.name: path.read_text(encoding="utf-8") for path in sorted(REPO.glob("mappings/*.yaml"))
 }

@@ -46,7 +46,7 @@ from adapter.mapping.paths import compile_search, is_false
 from adapter.mapping.rules import DecodeError, Rule, as_number, decode_payload
 from adapter.topic import placeholders, render_template, template_regex
 
-MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 
 
 def budget(examples: int) -> settings:

@@ -42,7 +42,7 @@ from adapter.history import (
     readings_from_metadata,
 )
 from adapter.sandbox.server import average_response
-from tests.test_httpserver import serving
+from tests.integration.test_httpserver import serving
 
 DEVICE = "tasmota:plug"
 FAR_FUTURE = "2030-01-01T00:00:00.000Z"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapter.mapping.yamlsource import MappingError, Node, parse_yaml
-from tests.test_bundled_mappings import MAPPINGS, file_text
+from tests.unit.test_bundled_mappings import MAPPINGS, file_text
 
 
 def plain(value: Any) -> Any:

@@ -32,7 +32,7 @@ import yaml
 from adapter import cli, config, logs
 from adapter.starter import CONFIG_NAME, bundled, installed_version, starter_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
 UNIT = REPO / "contrib" / "sepl-adapter.service"

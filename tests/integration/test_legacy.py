@@ -14,7 +14,7 @@ import pytest
 from adapter.sepl import Connector, ConnectorConfig, Device
 from adapter.sepl.state import GatewayState
 from sepl_dev.stack import SandboxProcess
-from tests.test_e2e import POW_SENSOR
+from tests.peers import POW_SENSOR
 
 
 @pytest.fixture

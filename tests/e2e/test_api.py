@@ -18,8 +18,8 @@ from adapter.api import latency_family
 from adapter.status import LATENCY_BUCKETS, DeliveryStatus, Latency
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
+from tests.peers import events_of, http_json, publish
 from tests.processes import AdapterProcess, wait_until
-from tests.test_e2e import events_of, http_json, publish
 
 POWERS = [100.0, 250.5, 80.25, 1200.0]
 

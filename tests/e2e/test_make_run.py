@@ -26,7 +26,7 @@ import pytest
 from sepl_dev.broker import port_accepts
 from sepl_dev.stack import SandboxProcess
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Everything before the stack is up, including a first `pip install` by make's set-up.
 STARTUP_TIMEOUT = 90.0
 EVENT_TIMEOUT = 10.0

@@ -68,7 +68,7 @@ from adapter.sepl.session import (
     ResponseDone,
     SessionStats,
 )
-from tests.test_sepl_core import (
+from tests.unit.test_sepl_core import (
     ANY_JSON,
     CLIENT_LINES,
     COMMAND,

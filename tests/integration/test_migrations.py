@@ -31,7 +31,7 @@ from adapter.outbox import Outbox
 from adapter.sandbox import store as sandbox_store
 from adapter.sandbox.store import SandboxStore
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 T0 = 1_763_900_000.0  # make_schema_v0.T0
 KITCHEN = "tasmota:kitchen"
 PLUG = "shelly:plug-1"

@@ -48,7 +48,7 @@ from adapter.mapping import (
 )
 from adapter.mapping.compile import compile_document, path_of
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 EMPTY = MappingSet([], [])
 

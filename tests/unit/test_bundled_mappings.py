@@ -27,7 +27,7 @@ from adapter.mapping import (
 )
 from adapter.topic import TopicPattern
 
-MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 RECEIVED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 CORRELATION = {"id": "7", "transaction": "c0ffee01"}
 

@@ -31,8 +31,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from adapter.web import add_status_page
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
+from tests.peers import FakeTasmota, events_of, http_json, publish
 from tests.processes import REPO, AdapterProcess, wait_until
-from tests.test_e2e import FakeTasmota, events_of, http_json, publish
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from adapter.sepl import BlockingConnector, ConnectorConfig
 from sepl_dev.stack import SandboxProcess
-from tests.test_e2e import POW_SENSOR, events_of, http_json
-from tests.test_legacy import KITCHEN
+from tests.integration.test_legacy import KITCHEN
+from tests.peers import POW_SENSOR, events_of, http_json
 
 
 def test_blocking_connector_basic_example(sandbox: SandboxProcess, tmp_path: Path) -> None:
