@@ -86,6 +86,8 @@ class Replies:
         self._published[(topic, payload.encode("utf-8"))] = now + OWN_ECHO_WINDOW
 
     def is_own(self, topic: str, payload: bytes) -> bool:
+        if not self._published:  # nearly always: no command published in the last seconds
+            return False
         expiry = self._published.pop((topic, payload), None)
         return expiry is not None and expiry >= time.monotonic()
 
