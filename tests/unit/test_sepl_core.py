@@ -71,7 +71,8 @@ from adapter.sepl.session import GatewaySession
 from adapter.sepl.state import GatewayState
 from adapter.statefile import write_atomically
 
-PROTOCOL_DOC = Path("/work/shared/sepl-protocol.md")
+# The team's protocol reference sits beside the checkout (../shared) where there is one.
+PROTOCOL_DOC = Path(__file__).resolve().parents[3] / "shared" / "sepl-protocol.md"
 
 # --- the worked example of §2.7 and §4 ---------------------------------------------------
 
