@@ -29,6 +29,7 @@ from adapter.mapping.rules import (
     Timestamp,
     command_regex,
 )
+from adapter.mapping.units import canonical
 from adapter.mapping.yamlsource import MappingError, Node, Reader, parse_yaml, where_of
 from adapter.sepl.device import RESERVED_TAG_KEYS, normalise_tag_text
 from adapter.topic import TopicError, TopicPattern, placeholders, validate_topic_name
@@ -62,6 +63,7 @@ REPLY_KEYS = {"topic", "timeout", "match", "payload", "data"}
 CONDITION_KEYS = {"path", "equals", "in", "exists"}
 TIMESTAMP_KEYS = {"path", "timezone"}
 AVAILABILITY_KEYS = {"path", "online", "offline"}
+READING_KEYS = {"path", "scale", "unit"}
 
 
 def compile_path(text: Any, where: str, what: str) -> Path:
@@ -313,26 +315,46 @@ def _compile_readings(r: Reader) -> tuple[Reading, ...]:
     readings = []
     for name, spec in node.items():
         at = key_where.get(name, r.at("readings"))
-        path_text, scale = spec, 1.0
+        path_text, scale, unit_spec = spec, 1.0, None
         if isinstance(spec, dict):
-            unknown = set(spec) - {"path", "scale"}
+            unknown = set(spec) - READING_KEYS
             if unknown:
                 raise MappingError(f"{at}: reading {name!r}: unknown keys {sorted(unknown)}")
             path_text, scale = spec.get("path", "@"), spec.get("scale", 1.0)
+            unit_spec = spec.get("unit")
         if (
             isinstance(scale, bool)
             or not isinstance(scale, int | float)
             or not math.isfinite(_float(scale))
         ):
             raise MappingError(f"{at}: reading {name!r}: scale must be a finite number")
+        unit, unit_path, factor = _compile_unit(unit_spec, at, name)
         readings.append(
             Reading(
                 sys.intern(str(name)),
                 compile_path(path_text, at, f"reading {name!r}"),
-                float(scale),
+                float(scale) * factor,
+                unit,
+                unit_path,
             )
         )
     return tuple(readings)
+
+
+def _compile_unit(spec: Any, at: str, name: str) -> tuple[str | None, Path | None, float]:
+    """`unit: W` (the unit the device counts in; energy becomes kWh and power W) or
+    `unit: {path: TempUnit}` (read from each message)."""
+    if spec is None:
+        return None, None, 1.0
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"path"}
+        if unknown or "path" not in spec:
+            raise MappingError(f"{at}: reading {name!r}: unit must be text or {{path: …}}")
+        return None, compile_path(spec["path"], at, f"the unit of reading {name!r}"), 1.0
+    if not isinstance(spec, str) or not spec.strip():
+        raise MappingError(f"{at}: reading {name!r}: unit must be text or {{path: …}}")
+    unit, factor = canonical(spec)
+    return sys.intern(unit), None, factor
 
 
 def _compile_command(

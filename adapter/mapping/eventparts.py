@@ -67,8 +67,11 @@ def event_metadata(
     readings: Mapping[str, float],
     primary: str | None,
     encoding: str | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> str:
-    fast = _fast_metadata(time, topic, readings, primary, encoding)
+    """`{"time", "topic", "readings", "primary"[, "units"][, "encoding"]}`: the units of
+    the readings that have one (D10 as amended), none when no reading has a unit."""
+    fast = _fast_metadata(time, topic, readings, primary, encoding, units)
     if fast is not None:
         return fast
     body: dict[str, Any] = {
@@ -77,6 +80,8 @@ def event_metadata(
         "readings": dict(readings),
         "primary": primary,
     }
+    if units:
+        body["units"] = dict(units)
     if encoding:
         body["encoding"] = encoding
     return _METADATA_ENCODER.encode(body)
@@ -97,6 +102,7 @@ def _fast_metadata(
     readings: Mapping[str, float],
     primary: str | None,
     encoding: str | None,
+    units: Mapping[str, str] | None = None,
 ) -> str | None:
     """The metadata text of the common case (str topic, str keys, finite float readings,
     as mapping makes them) written directly: the same characters as the encoder gives, at
@@ -125,6 +131,13 @@ def _fast_metadata(
         + '},"primary":'
         + ("null" if primary is None else _encode_string(primary))
     )
+    if units:
+        unit_parts = []
+        for name, unit in units.items():
+            if type(name) is not str or type(unit) is not str:
+                return None
+            unit_parts.append(_encode_string(name) + ":" + _encode_string(unit))
+        text += ',"units":{' + ",".join(unit_parts) + "}"
     if encoding:
         return text + ',"encoding":' + _encode_string(encoding) + "}"
     return text + "}"

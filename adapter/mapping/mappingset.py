@@ -24,6 +24,7 @@ from adapter.mapping.rules import (
     fill,
     render_payload,
 )
+from adapter.mapping.units import canonical
 from adapter.mapping.yamlsource import MappingError
 from adapter.sepl.device import Device
 from adapter.topic import (
@@ -39,7 +40,8 @@ TOPIC_CACHE_SIZE = 100_000  # distinct topics remembered (cleared when full)
 
 # (name, search, scale) of each of a rule's readings: what mapping a message runs, without
 # the calls of Reading.extract and Path.search in between.
-Extractors = tuple[tuple[str, Search, float], ...]
+# (name, search, scale, unit, unit search) of each reading of a rule
+Extractors = tuple[tuple[str, Search, float, str | None, Search | None], ...]
 
 
 @dataclass(frozen=True, init=False)
@@ -55,6 +57,7 @@ class Mapped:
     readings: dict[str, float]
     missing: tuple[str, ...]  # declared readings that were absent or not numbers
     time: datetime
+    units: dict[str, str]  # the unit of each reading that has one
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class Mapped:
         readings: dict[str, float],
         missing: tuple[str, ...],
         time: datetime,
+        units: dict[str, str] | None = None,
     ) -> None:
         # One per event: a frozen dataclass's own __init__ sets each field through
         # object.__setattr__, three times the cost of filling the instance dict.
@@ -80,6 +84,7 @@ class Mapped:
         fields["readings"] = readings
         fields["missing"] = missing
         fields["time"] = time
+        fields["units"] = units if units is not None else {}
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,16 @@ class MappingSet:
     def _extractors_of(self, rule: Rule) -> Extractors:
         extractors = self._extractors.get(rule.id)
         if extractors is None:
-            extractors = tuple((r.name, r.path.function, r.scale) for r in rule.readings)
+            extractors = tuple(
+                (
+                    r.name,
+                    r.path.function,
+                    r.scale,
+                    r.unit,
+                    r.unit_path.function if r.unit_path else None,
+                )
+                for r in rule.readings
+            )
             self._extractors[rule.id] = extractors
         return extractors
 
@@ -242,23 +256,43 @@ class MappingSet:
         received: datetime,
     ) -> Mapped:
         readings: dict[str, float] = {}
+        units: dict[str, str] = {}
         missing = []
-        for name, search, scale in extractors:
+        for name, search, scale, unit, unit_search in extractors:
+            if unit_search is not None:
+                unit, factor = _unit_of(unit_search(document))
+                scale *= factor
             value = as_number(search(document), scale)
             if value is None:
                 missing.append(name)
-            else:
-                readings[name] = value
+                continue
+            readings[name] = value
+            if unit is not None:
+                units[name] = unit
         moment = received
         if rule.timestamp is not None:
             moment = rule.timestamp.extract(document) or received
         data, encoding = payload_text(payload)
         primary = rule.primary if rule.primary in readings else None
         metadata = event_metadata(
-            time=moment, topic=topic, readings=readings, primary=primary, encoding=encoding
+            time=moment,
+            topic=topic,
+            readings=readings,
+            primary=primary,
+            encoding=encoding,
+            units=units,
         )
         return Mapped(
-            rule, values, device, rule.service, data, metadata, readings, tuple(missing), moment
+            rule,
+            values,
+            device,
+            rule.service,
+            data,
+            metadata,
+            readings,
+            tuple(missing),
+            moment,
+            units,
         )
 
     # --- commands ------------------------------------------------------------------------
@@ -434,6 +468,13 @@ def _example_topic(a: TopicPattern, b: TopicPattern) -> str | None:
         if a.match(topic) is not None and b.match(topic) is not None:
             return topic
     return None
+
+
+def _unit_of(value: Any) -> tuple[str | None, float]:
+    """A unit read from the message: reported as its canonical unit, converted."""
+    if not isinstance(value, str) or not value.strip():
+        return None, 1.0
+    return canonical(value)
 
 
 class _FilterTrie:

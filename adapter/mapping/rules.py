@@ -158,9 +158,15 @@ class Condition:
 
 @dataclass(frozen=True)
 class Reading:
+    """A named number of a message. `unit` is the unit it is reported in (after the
+    conversion of adapter/mapping/units.py, already folded into `scale`); `unit_path`
+    reads the device's unit from the message itself (Tasmota's TempUnit) instead."""
+
     name: str
     path: Path
     scale: float = 1.0
+    unit: str | None = None
+    unit_path: Path | None = None
 
     def extract(self, document: Any) -> float | None:
         return as_number(self.path.function(document), self.scale)

@@ -102,6 +102,7 @@ def reference_metadata(
     readings: Any,
     primary: Any,
     encoding: Any = None,
+    units: Any = None,
 ) -> str:
     body: dict[str, Any] = {
         "time": reference_format_time(time),
@@ -109,6 +110,8 @@ def reference_metadata(
         "readings": dict(readings),
         "primary": primary,
     }
+    if units:
+        body["units"] = dict(units)
     if encoding:
         body["encoding"] = encoding
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
@@ -491,6 +494,10 @@ READINGS = st.dictionaries(
     READINGS,
     st.one_of(st.none(), TOPIC_TEXT),
     st.sampled_from([None, "", "base64"]),
+    st.one_of(
+        st.none(),
+        st.dictionaries(TOPIC_TEXT, st.sampled_from(["W", "kWh", "°C", "µg/m³", '"x']), max_size=3),
+    ),
 )
 def test_event_metadata_equals_json_dumps(
     moment: datetime,
@@ -498,11 +505,17 @@ def test_event_metadata_equals_json_dumps(
     readings: dict[str, float],
     primary: str | None,
     encoding: str | None,
+    units: dict[str, str] | None,
 ) -> None:
     text = event_metadata(
-        time=moment, topic=topic, readings=readings, primary=primary, encoding=encoding
+        time=moment,
+        topic=topic,
+        readings=readings,
+        primary=primary,
+        encoding=encoding,
+        units=units,
     )
-    assert text == reference_metadata(moment, topic, readings, primary, encoding)
+    assert text == reference_metadata(moment, topic, readings, primary, encoding, units)
 
 
 def test_event_metadata_of_other_types_takes_the_encoder() -> None:
@@ -524,7 +537,18 @@ def test_mapped_keeps_its_dataclass_behaviour() -> None:
     assert list(inspect.signature(Mapped).parameters) == fields
     rule, *_ = next(iter(bundled_rules()))[0]
     moment = datetime(2026, 11, 23, tzinfo=UTC)
-    values: list[Any] = [rule, {"t": "x"}, None, "s", "d", "m", {"a": 1.0}, ("b",), moment]
+    values: list[Any] = [
+        rule,
+        {"t": "x"},
+        None,
+        "s",
+        "d",
+        "m",
+        {"a": 1.0},
+        ("b",),
+        moment,
+        {"a": "W"},
+    ]
     mapped = Mapped(*values)
     assert [getattr(mapped, name) for name in fields] == values
     assert mapped == Mapped(**dict(zip(fields, values, strict=True)))
