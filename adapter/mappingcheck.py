@@ -107,11 +107,15 @@ def check(args: argparse.Namespace) -> int:
     print("\nrules (most specific first within a topic):")
     for rule in sorted(mappings.rules, key=lambda r: (r.pattern.mqtt_filter, r.id)):
         kind = "availability" if rule.availability else f"service {rule.service}"
-        readings = ", ".join(r.name for r in rule.readings) or "-"
+        readings = (
+            ", ".join(r.name + (f" [{r.unit}]" if r.unit else "") for r in rule.readings) or "-"
+        )
+        if rule.all_readings is not None:
+            readings += " and every other number of the message"
         print(
             f"  {rule.id}: {rule.pattern.text} -> {rule.device.uri} "
             f"({rule.device.device_type}), {kind}, readings {readings}"
-            + (f", primary {rule.primary}" if rule.primary else "")
+            + (f", primary {' or '.join(rule.primaries)}" if rule.primaries else "")
         )
     print("\ncommands:")
     for command in mappings.commands:
@@ -175,8 +179,9 @@ def explain_result(mappings: MappingSet, topic: str, payload: bytes) -> dict[str
             },
             "service": outcome.service,
             "readings": outcome.readings,
+            "units": outcome.units,
             "missing": list(outcome.missing),
-            "primary": rule.primary if rule.primary in outcome.readings else None,
+            "primary": outcome.primary,
             "parts": {"data": outcome.data, "metadata": outcome.metadata},
         }
     if isinstance(outcome, AvailabilityChange):

@@ -244,7 +244,7 @@ class Pipeline:
                     device.uri,
                     millis_timestamp(outcome.time),
                     outcome.readings,
-                    outcome.rule.primary,
+                    outcome.primary,
                     device.name,
                     device.device_type,
                 )

@@ -18,6 +18,7 @@ from jmespath.exceptions import JMESPathError
 from adapter.config import parse_duration
 from adapter.mapping.rules import (
     PAYLOAD_KINDS,
+    AllReadings,
     Availability,
     CommandRule,
     Condition,
@@ -53,7 +54,9 @@ RULE_KEYS = {
     "availability",
     "ignore",
     "literal",
+    "all_readings",
 }
+ALL_READINGS_KEYS = {"exclude", "units", "names"}
 # An ignore rule takes its topics away from every less specific rule and drops them.
 IGNORE_RULE_KEYS = {"id", "topic", "priority", "when", "payload", "ignore", "literal"}
 DEVICE_KEYS = {"uri", "name", "tags", "type"}
@@ -205,13 +208,11 @@ def _compile_rule(
     readings = _compile_readings(r)
     if readings and payload == "raw":
         raise r.fail("readings", "a raw payload has no readings")
-    primary = r.optional_text("primary")
-    if primary is not None:
-        primary = sys.intern(primary)
-    if primary is None and readings:
-        primary = readings[0].name
-    if primary is not None and primary not in {x.name for x in readings}:
-        raise r.fail("primary", f"primary {primary!r} is not one of the readings")
+    all_readings = _compile_all_readings(r)
+    if all_readings is not None and payload != "json":
+        raise r.fail("all_readings", "all_readings takes the properties of a JSON payload")
+    primaries = _primaries(r, readings, all_readings is not None)
+    primary = primaries[0] if primaries else None
     timestamp = None
     if r.has("timestamp"):
         t = r.sub("timestamp", "timestamp", TIMESTAMP_KEYS)
@@ -240,7 +241,46 @@ def _compile_rule(
         when,
         timestamp,
         availability,
+        all_readings=all_readings,
+        primaries=primaries,
     )
+
+
+def _compile_all_readings(r: Reader) -> AllReadings | None:
+    """`all_readings: true`, or `{exclude: [...], units: {name: unit}, names: {key: name}}`."""
+    if not r.has("all_readings"):
+        return None
+    spec = r.node["all_readings"]
+    if isinstance(spec, bool):
+        return AllReadings() if spec else None
+    a = r.sub("all_readings", "all_readings", ALL_READINGS_KEYS)
+    exclude = a.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(x, str) for x in exclude):
+        raise a.fail("exclude", "exclude is a list of property names")
+    pairs = []
+    for key in ("units", "names"):
+        table = a.get(key, {})
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in table.items()
+        ):
+            raise a.fail(key, f"{key} maps a property name to a text")
+        pairs.append(tuple((sys.intern(k), sys.intern(v.strip())) for k, v in table.items()))
+    return AllReadings(frozenset(exclude), pairs[0], pairs[1])
+
+
+def _primaries(r: Reader, readings: tuple[Reading, ...], any_name: bool) -> tuple[str, ...]:
+    """`primary: power` or `primary: [power, temperature]` (the first a message has)."""
+    spec = r.get("primary")
+    if spec is None:
+        return (readings[0].name,) if readings else ()
+    names = spec if isinstance(spec, list) else [spec]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise r.fail("primary", "primary is a reading's name or a list of them")
+    declared = {x.name for x in readings}
+    for name in names:
+        if not any_name and name not in declared:
+            raise r.fail("primary", f"primary {name!r} is not one of the readings")
+    return tuple(sys.intern(n) for n in names)
 
 
 def _flag(reader: Reader, key: str) -> bool:

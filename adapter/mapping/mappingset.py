@@ -16,6 +16,7 @@ from paho.mqtt.matcher import MQTTMatcher
 from adapter.mapping.eventparts import event_metadata, payload_text
 from adapter.mapping.paths import Search
 from adapter.mapping.rules import (
+    AllReadings,
     CommandRule,
     DecodeError,
     Rule,
@@ -24,7 +25,7 @@ from adapter.mapping.rules import (
     fill,
     render_payload,
 )
-from adapter.mapping.units import canonical
+from adapter.mapping.units import PROPERTY_UNITS, canonical
 from adapter.mapping.yamlsource import MappingError
 from adapter.sepl.device import Device
 from adapter.topic import (
@@ -58,6 +59,7 @@ class Mapped:
     missing: tuple[str, ...]  # declared readings that were absent or not numbers
     time: datetime
     units: dict[str, str]  # the unit of each reading that has one
+    primary: str | None  # the rule's first preferred reading the message has
 
     def __init__(
         self,
@@ -71,6 +73,7 @@ class Mapped:
         missing: tuple[str, ...],
         time: datetime,
         units: dict[str, str] | None = None,
+        primary: str | None = None,
     ) -> None:
         # One per event: a frozen dataclass's own __init__ sets each field through
         # object.__setattr__, three times the cost of filling the instance dict.
@@ -85,6 +88,7 @@ class Mapped:
         fields["missing"] = missing
         fields["time"] = time
         fields["units"] = units if units is not None else {}
+        fields["primary"] = primary
 
 
 @dataclass(frozen=True)
@@ -269,11 +273,13 @@ class MappingSet:
             readings[name] = value
             if unit is not None:
                 units[name] = unit
+        if rule.all_readings is not None and isinstance(document, dict):
+            _take_all(rule.all_readings, document, readings, units)
         moment = received
         if rule.timestamp is not None:
             moment = rule.timestamp.extract(document) or received
         data, encoding = payload_text(payload)
-        primary = rule.primary if rule.primary in readings else None
+        primary = next((name for name in rule.primaries if name in readings), None)
         metadata = event_metadata(
             time=moment,
             topic=topic,
@@ -293,6 +299,7 @@ class MappingSet:
             tuple(missing),
             moment,
             units,
+            primary,
         )
 
     # --- commands ------------------------------------------------------------------------
@@ -468,6 +475,29 @@ def _example_topic(a: TopicPattern, b: TopicPattern) -> str | None:
         if a.match(topic) is not None and b.match(topic) is not None:
             return topic
     return None
+
+
+def _take_all(
+    spec: AllReadings, document: dict[str, Any], readings: dict[str, float], units: dict[str, str]
+) -> None:
+    """Every number, boolean and on/off word at the top of the document that no declared
+    reading took already (those win)."""
+    names = dict(spec.names)
+    declared_units = dict(spec.units)
+    for key, raw in document.items():
+        if key in spec.exclude or isinstance(raw, dict | list) or raw is None:
+            continue
+        name = names.get(key, key)
+        if name in readings:
+            continue
+        unit_text = declared_units.get(key) or PROPERTY_UNITS.get(key)
+        unit, factor = canonical(unit_text) if unit_text else (None, 1.0)
+        value = as_number(raw, factor)
+        if value is None:
+            continue
+        readings[name] = value
+        if unit:
+            units[name] = unit
 
 
 def _unit_of(value: Any) -> tuple[str | None, float]:

@@ -173,6 +173,17 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class AllReadings:
+    """`all_readings`: every number, boolean and on/off word at the top level of a JSON
+    object becomes a reading named after its key, unless excluded; units from `units`,
+    else from the property's name (units.PROPERTY_UNITS)."""
+
+    exclude: frozenset[str] = frozenset()
+    units: tuple[tuple[str, str], ...] = ()
+    names: tuple[tuple[str, str], ...] = ()  # property -> reading name
+
+
+@dataclass(frozen=True)
 class Timestamp:
     """Where the device's own time stands, and the zone of a time without offset (D10)."""
 
@@ -270,6 +281,9 @@ class Rule:
     timestamp: Timestamp | None = None
     availability: Availability | None = None
     ignore: bool = False  # takes the topic and drops the message: no event, no device
+    all_readings: AllReadings | None = None
+    # `primary` as a list of preferences: the first one the message has is its primary.
+    primaries: tuple[str, ...] = ()
 
     @property
     def specificity(self) -> tuple[int, int, int]:

@@ -85,3 +85,38 @@ def canonical(text: str) -> tuple[str, float]:
     that converts its numbers; (text normalised, 1.0) when no conversion applies."""
     unit = normalise(text)
     return CONVERSIONS.get(unit, (unit, 1.0))
+
+
+# The units of properties that name what they measure, for rules that take every number of
+# a message (`all_readings`): Zigbee2MQTT's property names and the unit its exposes give
+# them for every device that has them.
+PROPERTY_UNITS: dict[str, str] = {
+    "temperature": "°C",
+    "local_temperature": "°C",
+    "device_temperature": "°C",
+    "current_heating_setpoint": "°C",
+    "occupied_heating_setpoint": "°C",
+    "humidity": "%",
+    "soil_moisture": "%",
+    "pressure": "hPa",
+    "power": "W",
+    "energy": "kWh",
+    # not voltage: Zigbee2MQTT reports a plug's in V and a battery device's in mV; its
+    # exposes (bridge/devices) say which
+    "current": "A",
+    "battery": "%",
+    "illuminance": "lx",
+    "illuminance_lux": "lx",
+    "co2": "ppm",
+    "voc": "ppb",
+    "pm25": "µg/m³",
+    "pm10": "µg/m³",
+    "formaldehyd": "mg/m³",
+    "linkquality": "lqi",
+    "position": "%",
+    "pi_heating_demand": "%",
+    "valve_position": "%",
+    "color_temp": "mired",
+    "noise": "dB",
+    "frequency": "Hz",
+}

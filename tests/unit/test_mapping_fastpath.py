@@ -548,6 +548,7 @@ def test_mapped_keeps_its_dataclass_behaviour() -> None:
         ("b",),
         moment,
         {"a": "W"},
+        "a",
     ]
     mapped = Mapped(*values)
     assert [getattr(mapped, name) for name in fields] == values

@@ -131,3 +131,74 @@ def test_a_conversion_keeps_finite_numbers_finite() -> None:
     out = mapped(mapping("{power: {path: P, unit: kW}}"), '{"P": 1e306}')
     assert out.readings == {} and out.missing == ("power",)
     assert not any(math.isinf(v) for v in out.readings.values())
+
+
+def rule_file(extra: str) -> MappingSet:
+    text = f"""
+family: test
+device_type: "iot#test"
+rules:
+  - id: r
+    topic: "t/{{d}}"
+    device: {{uri: "test:{{d}}"}}
+{extra}
+"""
+    rules, commands = compile_text(text, "m.yaml")
+    return MappingSet(rules, commands)
+
+
+PLUG = (
+    '{"state":"ON","power":85.3,"energy":12.7,"voltage":231,"current":0.37,'
+    '"linkquality":120,"child_lock":"UNLOCK","update":{"state":"idle"},'
+    '"last_seen":"2026-12-03T12:00:00+01:00","update_available":false,"power_on_behavior":null}'
+)
+
+
+def test_all_readings_takes_every_number_boolean_and_on_off_word() -> None:
+    m = rule_file(
+        "    all_readings: {exclude: [update_available]}\n    primary: [power, temperature]\n"
+    )
+    out = mapped(m, PLUG)
+    assert out.readings == {
+        "state": 1.0,
+        "power": 85.3,
+        "energy": 12.7,
+        "voltage": 231.0,
+        "current": 0.37,
+        "linkquality": 120.0,
+    }
+    # No unit for voltage from the name alone: Zigbee2MQTT gives V for plugs, mV for
+    # battery devices.
+    assert out.units == {"power": "W", "energy": "kWh", "current": "A", "linkquality": "lqi"}
+    assert out.primary == "power" and out.missing == ()
+    sensor = mapped(m, '{"temperature": 21.5, "humidity": 40, "contact": false}')
+    assert sensor.readings == {"temperature": 21.5, "humidity": 40.0, "contact": 0.0}
+    assert sensor.units == {"temperature": "°C", "humidity": "%"}
+    assert sensor.primary == "temperature"
+    assert json.loads(sensor.metadata)["primary"] == "temperature"
+
+
+def test_declared_readings_win_and_units_and_names_can_be_given() -> None:
+    m = rule_file(
+        "    readings: {power: {path: power, unit: kW}}\n"
+        "    all_readings: {units: {energy: Wh}, names: {illuminance_lux: illuminance}}\n"
+    )
+    out = mapped(m, '{"power": 0.5, "energy": 1500, "illuminance_lux": 80}')
+    assert out.readings == {"power": 500.0, "energy": 1.5, "illuminance": 80.0}
+    assert out.units == {"power": "W", "energy": "kWh", "illuminance": "lx"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    all_readings: 5\n", "all_readings must be a mapping"),
+        ("    all_readings: {exclude: x}\n", "exclude is a list"),
+        ("    all_readings: {units: {a: 1}}\n", "units maps a property name to a text"),
+        ("    all_readings: true\n    payload: text\n", "JSON payload"),
+        ("    readings: {a: a}\n    primary: [a, b]\n", "primary 'b' is not one of"),
+        ("    readings: {a: a}\n    primary: []\n", "primary is a reading's name or a list"),
+    ],
+)
+def test_bad_all_readings_and_primaries_are_errors(extra: str, message: str) -> None:
+    with pytest.raises(MappingError, match=message):
+        rule_file(extra)
