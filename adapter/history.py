@@ -196,19 +196,18 @@ class HistoryStore:
         """One transaction per batch: the readings, and each device's latest state."""
         if not batch:
             return
-        # Per device: the newest message sets last_seen; the newest one that had readings
-        # (and a primary) sets those, so a reading-less message does not erase them.
+        # Per device: the newest message sets last_seen and the primary; the last values
+        # merge every message's readings, the newer winning, so readings from a device's
+        # different topics (or partial updates) do not erase each other.
         newest: dict[str, Reading] = {}
-        with_values: dict[str, Reading] = {}
         with_primary: dict[str, Reading] = {}
-        for item in batch:
+        merged: dict[str, dict[str, float]] = {}
+        for item in sorted(batch, key=lambda r: r.ts) if len(batch) > 1 else batch:
             uri = item.device
-            current = newest.get(uri)
-            if current is None or item.ts >= current.ts:
-                newest[uri] = item
-            if item.values and (uri not in with_values or item.ts >= with_values[uri].ts):
-                with_values[uri] = item
-            if item.primary and (uri not in with_primary or item.ts >= with_primary[uri].ts):
+            newest[uri] = item
+            if item.values:
+                merged.setdefault(uri, {}).update(item.values)
+            if item.primary:
                 with_primary[uri] = item
         latest = [
             (
@@ -217,7 +216,7 @@ class HistoryStore:
                 item.device_type,
                 with_primary.get(uri, item).primary,
                 item.ts,
-                fastjson.dumps_text(with_values.get(uri, item).values),
+                fastjson.dumps_text(merged.get(uri, {})),
             )
             for uri, item in newest.items()
         ]
@@ -237,9 +236,10 @@ class HistoryStore:
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
                 # An older message arriving later keeps the newest state.
                 " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen)),"
-                " last_readings = CASE WHEN excluded.last_readings = '{}'"
-                " OR excluded.last_seen < last_seen THEN last_readings"
-                " ELSE excluded.last_readings END",
+                " last_readings = CASE WHEN excluded.last_readings = '{}' THEN last_readings"
+                " WHEN excluded.last_seen < last_seen"
+                " THEN json_patch(excluded.last_readings, last_readings)"
+                " ELSE json_patch(last_readings, excluded.last_readings) END",
                 latest,
             )
 

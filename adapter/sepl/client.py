@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adapter.sepl")
 
-HANDSHAKE_TIMEOUT = 20.0  # v3/v4 client requirement (Part 2 §2.6 step 7)
+OPEN_TIMEOUT = 20.0  # s for TCP, TLS and the websocket upgrade together
 MAX_FRAME = 16 * 1024 * 1024
 TICK = 0.1  # s between looks at the session's deadlines
 SAVE_DEBOUNCE = 0.15  # the device set is written once for a burst of new devices
@@ -87,7 +87,7 @@ class OutgoingEvent(Protocol):
 
 E = TypeVar("E", bound=OutgoingEvent)
 # What start_events calls once per event: None for a 200, else the error send_event raises.
-EventDone_ = Callable[[Any, "ConnectorError | None"], None]
+AnswerCallback = Callable[[Any, "ConnectorError | None"], None]
 
 
 @dataclass(frozen=True)
@@ -360,7 +360,7 @@ class Connector:
                 raise EventRejected(400, error.message)
             raise error
 
-    async def start_events(self, events: Sequence[E], done: EventDone_) -> list[E]:
+    async def start_events(self, events: Sequence[E], done: AnswerCallback) -> list[E]:
         """The fast path of send_event, for attached devices on a ready link with free
         slots: queues the events (written together) and returns without waiting for the
         answers; `done(event, outcome)` is called exactly once per event queued, with None
@@ -479,7 +479,7 @@ class Connector:
             if type(ref) is _Outcome:
                 ref.settle(event.error)
             else:
-                item, done = cast(tuple[OutgoingEvent, EventDone_], ref)
+                item, done = cast(tuple[OutgoingEvent, AnswerCallback], ref)
                 done(item, event.error)
             if self._slot_waiters:
                 self._hand_over()
@@ -611,7 +611,7 @@ class Connector:
             websocket = await WebSocket.connect(
                 url,
                 ssl_context=self.config.ssl_context() if url.startswith("wss:") else None,
-                open_timeout=HANDSHAKE_TIMEOUT,
+                open_timeout=OPEN_TIMEOUT,
                 max_size=MAX_FRAME,
             )
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError, LinkClosed) as exc:

@@ -730,16 +730,36 @@ def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> No
     assert device["last_seen"] == "1970-01-01T00:06:40.500Z"
     assert device["last_readings"] == {"power": 3.0, "voltage": 230.0}
     assert device["primary"] == "power"
-    # A newer message with readings replaces them.
-    store.record([Reading("a:dev", 500.0, {"energy": 7.0}, "energy", "A2", "type-a")])
+    # A newer message with other readings (another topic of the device, a partial
+    # update) merges into them, the newer values winning (issue [12]).
+    store.record([Reading("a:dev", 500.0, {"energy": 7.0, "power": 4.0}, "energy", "A2", "type-a")])
     assert store.device("a:dev") == {
         "uri": "a:dev",
         "name": "A2",
         "type": "type-a",
         "primary": "energy",
         "last_seen": "1970-01-01T00:08:20.000Z",
-        "last_readings": {"energy": 7.0},
+        "last_readings": {"power": 4.0, "voltage": 230.0, "energy": 7.0},
     }
+    # An older message arriving later only fills in what the device has not sent since.
+    store.record([Reading("a:dev", 450.0, {"power": 1.0, "current": 0.5}, None, "A2", "type-a")])
+    device = store.device("a:dev")
+    assert device is not None
+    assert device["last_readings"] == {
+        "power": 4.0,
+        "voltage": 230.0,
+        "energy": 7.0,
+        "current": 0.5,
+    }
+    # Within one batch too, in the order of the messages' times.
+    store.record(
+        [
+            Reading("b:dev", 700.0, {"power": 9.0}, "power", "B", "type-b"),
+            Reading("b:dev", 600.0, {"power": 8.0, "energy": 2.0}, "power", "B", "type-b"),
+        ]
+    )
+    device = store.device("b:dev")
+    assert device is not None and device["last_readings"] == {"power": 9.0, "energy": 2.0}
     assert store.device("c:dev") is None
 
 
