@@ -61,7 +61,6 @@ class DeliveryStats:
     retries: int = 0
     link_failures: int = 0
     breaker_trips: int = 0
-    latency_sum: float = 0.0
 
 
 @dataclass
@@ -313,7 +312,6 @@ class Sender:
             breaker.success()
         self.stats.acknowledged += 1
         age = max(0.0, time.time() - entry.created)
-        self.stats.latency_sum += age
         self.latency.observe(age)
         # Deleted in batches every few milliseconds: after a crash only the events in
         # flight and those answered since the last delete go again.

@@ -202,7 +202,7 @@ class HistoryStore:
         newest: dict[str, Reading] = {}
         with_primary: dict[str, Reading] = {}
         merged: dict[str, dict[str, float]] = {}
-        for item in sorted(batch, key=lambda r: r.ts) if len(batch) > 1 else batch:
+        for item in sorted(batch, key=lambda r: r.ts):
             uri = item.device
             newest[uri] = item
             if item.values:

@@ -322,8 +322,7 @@ class MqttLink:
             sock = client.socket()
             if sock is None:
                 return
-            # An SSL socket may hold decrypted bytes that the kernel no longer reports.
-            if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if not _buffered(sock):
                 try:
                     await anyio.wait_readable(sock)
                 except (OSError, anyio.ClosedResourceError):
@@ -398,6 +397,7 @@ class MqttLink:
 
 
 def _buffered(sock: Any) -> bool:
+    """An SSL socket may hold decrypted bytes that the kernel no longer reports readable."""
     return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 

@@ -606,81 +606,44 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def scenario_latency(root: Path, s: Settings) -> dict[str, Any]:
-    count = int(s.latency_rate * s.latency_seconds)
+def latency_pair(
+    root: Path, s: Settings, rate: float, seconds: float, name: str, noise: bool = False
+) -> dict[str, Any]:
+    """The adapter and the naive forwarder at a steady `rate` for `seconds`."""
     runs = {
         impl: throughput_run(
             root,
             s,
             impl,
             1,
-            count=count,
-            rate=s.latency_rate,
+            count=int(rate * seconds),
+            rate=rate,
             workers=1,
-            name=f"latency-{impl}",
-            cap=max(s.drain_cap, s.latency_seconds + 60),
+            name=f"{name}-{impl}",
+            cap=max(s.drain_cap, seconds + 60),
             devices=s.latency_devices,
+            noise=noise,
         )
         for impl in ("adapter", "naive")
     }
     a = runs["adapter"]["latency_ms"] or {}
     n = runs["naive"]["latency_ms"] or {}
-    low_count = int(s.latency_low_rate * s.latency_low_seconds)
-    low = {
-        impl: throughput_run(
-            root,
-            s,
-            impl,
-            1,
-            count=low_count,
-            rate=s.latency_low_rate,
-            workers=1,
-            name=f"latency-low-{impl}",
-            cap=max(s.drain_cap, s.latency_low_seconds + 60),
-            devices=s.latency_devices,
-        )
-        for impl in ("adapter", "naive")
-    }
-    la = low["adapter"]["latency_ms"] or {}
-    ln = low["naive"]["latency_ms"] or {}
-    loaded = {
-        impl: throughput_run(
-            root,
-            s,
-            impl,
-            1,
-            count=count,
-            rate=s.latency_rate,
-            workers=1,
-            name=f"latency-loaded-{impl}",
-            cap=max(s.drain_cap, s.latency_seconds + 60),
-            devices=s.latency_devices,
-            noise=True,
-        )
-        for impl in ("adapter", "naive")
-    }
-    da = loaded["adapter"]["latency_ms"] or {}
-    dn = loaded["naive"]["latency_ms"] or {}
     return {
         **runs,
-        "loaded": {
-            **loaded,
-            "rate": s.latency_rate,
-            "seconds": s.latency_seconds,
-            "ratio_p50": ratio(da.get("p50"), dn.get("p50")),
-            "ratio_p99": ratio(da.get("p99"), dn.get("p99")),
-        },
-        "rate": s.latency_rate,
-        "seconds": s.latency_seconds,
+        "rate": rate,
+        "seconds": seconds,
         "ratio_p50": ratio(a.get("p50"), n.get("p50")),
         "ratio_p99": ratio(a.get("p99"), n.get("p99")),
-        "low": {
-            **low,
-            "rate": s.latency_low_rate,
-            "seconds": s.latency_low_seconds,
-            "ratio_p50": ratio(la.get("p50"), ln.get("p50")),
-            "ratio_p99": ratio(la.get("p99"), ln.get("p99")),
-        },
+    }
+
+
+def scenario_latency(root: Path, s: Settings) -> dict[str, Any]:
+    return {
+        **latency_pair(root, s, s.latency_rate, s.latency_seconds, "latency"),
+        "low": latency_pair(root, s, s.latency_low_rate, s.latency_low_seconds, "latency-low"),
+        "loaded": latency_pair(
+            root, s, s.latency_rate, s.latency_seconds, "latency-loaded", noise=True
+        ),
     }
 
 

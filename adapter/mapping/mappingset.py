@@ -4,6 +4,7 @@ command, and the overlap checks `check` reports."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -482,8 +483,7 @@ def _take_all(
 ) -> None:
     """Every number, boolean and on/off word at the top of the document that no declared
     reading took already (those win)."""
-    names = dict(spec.names)
-    declared_units = dict(spec.units)
+    names, declared_units = _tables(spec)
     for key, raw in document.items():
         if key in spec.exclude or isinstance(raw, dict | list) or raw is None:
             continue
@@ -498,6 +498,12 @@ def _take_all(
         readings[name] = value
         if unit:
             units[name] = unit
+
+
+@functools.lru_cache(maxsize=256)
+def _tables(spec: AllReadings) -> tuple[dict[str, str], dict[str, str]]:
+    """The rule's renames and units as lookups, made once per rule (not per message)."""
+    return dict(spec.names), dict(spec.units)
 
 
 def _unit_of(value: Any) -> tuple[str | None, float]:
