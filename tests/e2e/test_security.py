@@ -399,6 +399,9 @@ def failed_runs(stack: SecureStack) -> dict[str, FailedRun]:
                 30,
                 f"two attempts of the {name} adapter",
             )
+            # The broker logs a refusal a moment before the adapter reads it: stopping
+            # right then would cut the second attempt's line.
+            adapters[name].wait_for_log("retrying", 15, count=2)
         adapters["insecure"].wait_for_log("broker confirmed", 15)
         wait_until(
             lambda: events_of(stack.sandbox, "insecure:tasmota:kitchen"), 15, "insecure event"
