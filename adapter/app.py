@@ -33,7 +33,7 @@ from adapter.mapping import MappingError, MappingSet, load_directory
 from adapter.mqtt import MqttLink, stable_client_id
 from adapter.outbox import Outbox
 from adapter.pipeline import Pipeline, Replies
-from adapter.sepl import Connector, ConnectorConfig, ConnectorError
+from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
 from adapter.status import PlatformStatus, StatusBoard
 
 log = logging.getLogger("adapter")
@@ -149,6 +149,7 @@ async def run(settings: Settings, mappings: MappingSet) -> None:
                 online=lambda uri: pipeline.online.get(uri),
                 replies=replies,
                 count=pipeline.count,
+                device_type=lambda uri: _type_of(connector.devices.get(uri)),
             )
 
             async def mappings_changed(new: MappingSet, removed: Sequence[str]) -> None:
@@ -225,3 +226,7 @@ async def _stop_on_signal(tg: TaskGroup) -> None:
             log.info("received %s; stopping", signal.Signals(signum).name)
             tg.cancel_scope.cancel()
             return
+
+
+def _type_of(device: Device | None) -> str | None:
+    return None if device is None else device.device_type

@@ -15,6 +15,7 @@ from anyio.abc import TaskGroup
 
 from adapter.mapping import MappingSet
 from adapter.mapping.eventparts import format_time
+from adapter.mapping.rules import CommandRefused
 from adapter.mqtt import PublishRefused
 from adapter.pipeline import Replies
 from adapter.sepl import Command, ConnectorError
@@ -37,6 +38,7 @@ class CommandHandler:
         online: Callable[[str], bool | None],
         replies: Replies,
         count: Callable[[str], None],
+        device_type: Callable[[str], str | None] = lambda uri: None,
     ) -> None:
         self.commands = commands
         self.respond = respond
@@ -45,6 +47,7 @@ class CommandHandler:
         self.online = online
         self.replies = replies
         self.count = count
+        self.device_type = device_type
         self._next_id = 0
 
     async def run(self, tg: TaskGroup) -> None:
@@ -67,9 +70,18 @@ class CommandHandler:
     async def execute(self, command: Command) -> tuple[str, str]:
         """The response's data and metadata: the device's reply, or what went wrong."""
         now = format_time(datetime.now(UTC))
-        plan = self.mappings().plan_command(
-            command.device_uri, command.service_uri, command.data, self._correlation()
-        )
+        try:
+            plan = self.mappings().plan_command(
+                command.device_uri,
+                command.service_uri,
+                command.data,
+                self._correlation(),
+                self.device_type(command.device_uri),
+            )
+        except CommandRefused as exc:
+            message = f"command {command.service_uri!r} for {command.device_uri!r}: {exc}"
+            log.warning("%s", message)
+            return json.dumps({"error": message}), json.dumps({"time": now})
         if plan is None:
             message = (
                 f"no command rule for service {command.service_uri!r} of device "

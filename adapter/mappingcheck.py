@@ -107,11 +107,14 @@ def check(args: argparse.Namespace) -> int:
     print("\nrules (most specific first within a topic):")
     for rule in sorted(mappings.rules, key=lambda r: (r.pattern.mqtt_filter, r.id)):
         kind = "availability" if rule.availability else f"service {rule.service}"
-        readings = (
-            ", ".join(r.name + (f" [{r.unit}]" if r.unit else "") for r in rule.readings) or "-"
-        )
+        parts = [", ".join(r.name + (f" [{r.unit}]" if r.unit else "") for r in rule.readings)]
+        if rule.channel is not None:
+            parts[0] += f" (channel {rule.channel.template})"
+        if rule.convention is not None:
+            parts.append(f"the {rule.convention} convention's")
         if rule.all_readings is not None:
-            readings += " and every other number of the message"
+            parts.append("every other number of the message")
+        readings = " and ".join(p for p in parts if p) or "-"
         print(
             f"  {rule.id}: {rule.pattern.text} -> {rule.device.uri} "
             f"({rule.device.device_type}), {kind}, readings {readings}"
@@ -120,7 +123,10 @@ def check(args: argparse.Namespace) -> int:
     print("\ncommands:")
     for command in mappings.commands:
         reply = f", reply on {command.reply.topic}" if command.reply else ""
-        print(f"  {command.service} for {command.device}: publish {command.topic}{reply}")
+        channel = (
+            f" (channel {command.channel.pattern.pattern} from the data)" if command.channel else ""
+        )
+        print(f"  {command.service} for {command.device}: publish {command.topic}{channel}{reply}")
     device_types = mappings.device_types()
     print("\ndevice types and services:")
     for name, services in sorted(device_types.items()):

@@ -23,7 +23,7 @@ DEFAULT_QOS = 1
 # rule and by a discovered one has the same type. A real platform needs real ids (D11).
 DEFAULT_DEVICE_TYPES: Mapping[str, str] = {
     "tasmota": "iot#tasmota-plug",
-    "esphome": "iot#esphome-entity",
+    "esphome": "iot#esphome-node",
     "zigbee2mqtt": "iot#zigbee2mqtt-device",
     "homeassistant": "iot#ha-device",
 }
@@ -90,8 +90,10 @@ class Builder:
         self.problems.append(text[:MAX_PROBLEM])
 
     def rule(self, source: str, rule: Document) -> bool:
-        """Adds a rule (a document's rule without id); False when the compiler refused it."""
-        rule = {**rule, "literal": True, "priority": DISCOVERED_PRIORITY}
+        """Adds a rule (a document's rule without id); False when the compiler refused it.
+        A `priority` in it stays (ESPHome's rules win over esphome.yaml's, which have no
+        units); otherwise it is DISCOVERED_PRIORITY."""
+        rule = {"priority": DISCOVERED_PRIORITY, **rule, "literal": True}
         known = self._items(source)["rules"]
         if any({k: v for k, v in other.items() if k != "id"} == rule for other in known):
             return True  # several components of one device-based config share it

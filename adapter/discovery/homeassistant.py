@@ -125,11 +125,16 @@ def expand(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# ESPHome's discovered rules win over esphome.yaml's catch-alls (-2), which name the same
+# readings but know no units; they stay below every fixed-root bundled rule.
+ESPHOME_PRIORITY = -1
+
+
 @dataclass(frozen=True)
 class _Identity:
     family: str
     device: Document  # a rule's `device`: uri, name, type, tags
-    per_entity: bool  # one device per entity (ESPHome), else one per HA device
+    per_entity: bool  # readings named by object id (ESPHome), else by template or class
     availability: Document  # the device the availability topics are of
 
 
@@ -253,14 +258,10 @@ def _identity(
     topic = state_topic if isinstance(state_topic, str) else command_topic
     found = _ESPHOME_TOPIC.fullmatch(topic) if is_esphome and isinstance(topic, str) else None
     if found is not None and found.group("component") == component:
-        node, obj = text(found.group("node")), text(found.group("object"))
-        uri = f"esphome:{node}/{component}/{obj}"
-        name = f"{node} {obj}"
-        entity = _device(
-            uri, name, types["esphome"], [("family", "esphome"), ("node", node), *described]
-        )
+        # One device per node, as esphome.yaml: each entity a reading named by its object id.
+        node = text(found.group("node"))
         node_device = _device(f"esphome:{node}", node, types["esphome"], [("family", "esphome")])
-        return _Identity("esphome", entity, True, node_device)
+        return _Identity("esphome", node_device, True, node_device)
     # Anything else: one platform device per Home Assistant device.
     if ids:
         uri = f"ha:device/{ids[0]}"
@@ -296,18 +297,21 @@ def _entity(
     if state is not None:
         topic, template, on, off = state
         if identity.per_entity:
-            name = "state" if on_off else "value"
+            name = reading_name([object_id])  # as esphome.yaml names it: {object}
         else:
             name = reading_name(template.keys if template.json and template.keys else [object_id])
         path = on_off_path(f"({template.path})", on, off) if on_off else template.path
+        reading: Document = {"path": path}
         unit = text(config.get("unit_of_measurement"))
         if unit:
-            device = {**device, "tags": {**device["tags"], **tags([(f"unit_{name}", unit)])}}
+            reading["unit"] = unit
         build.ranks[name] = _rank(component, config)
         service = "state" if identity.per_entity and on_off else "sepl_get"
         kind = "json" if template.json else "text"
-        rule = {"topic": topic, "device": device, "service": service, "payload": kind}
-        if not build.rule(build.key, {**rule, "readings": {name: path}}):
+        rule: Document = {"topic": topic, "device": device, "service": service, "payload": kind}
+        if identity.per_entity:
+            rule["priority"] = ESPHOME_PRIORITY
+        if not build.rule(build.key, {**rule, "readings": {name: reading}}):
             state = None  # the commands wait for no reply on a topic no rule can take
     if component in ("switch", "light", "number"):
         _commands(build, label, component, object_id, config, identity, device, state)
@@ -446,7 +450,9 @@ def _commands(
             reply["payload"] = "text"
         command["reply"] = reply
     suffix = ""
-    if not identity.per_entity and object_id != component:
+    # A node's or HA device's several switches: the service names which (on_my_relay).
+    # Zigbee2MQTT's object ids `switch`, `light` name the device's only one.
+    if identity.per_entity or object_id != component:
         suffix = "_" + reading_name([object_id])
     if component == "number":
         publish = {"topic": topic, "payload": "{data}", "qos": int(qos)}

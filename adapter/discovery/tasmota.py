@@ -17,7 +17,6 @@ from adapter.discovery.generated import (
     GeneratedDevice,
     all_device_types,
     payload_problem,
-    reading_name,
     tags,
     text,
 )
@@ -28,12 +27,16 @@ from adapter.discovery.tasmota_tables import (
     SKIPPED,
     STATES,
 )
-from adapter.discovery.templates import key_path, on_off_path
+from adapter.discovery.templates import on_off_path
+from adapter.mapping.conventions import tasmota as tasmota_convention
 
 TASMOTA_DISCOVERY_PREFIX = "tasmota/discovery"
 MAX_READINGS = 100  # per Tasmota sensors message
 MAX_DEPTH = 8  # nesting levels of a Tasmota sensors message that are searched
 _MAC = re.compile(r"[A-Z0-9_-]+")  # hatasmota's TOPIC_MATCHER
+# The device's primary as mappings/tasmota.yaml chooses it: a meter's power, else its
+# temperature.
+SENSOR_PRIMARIES = ("power", "temperature", "temperature_1", "co2", "illuminance")
 
 
 def tasmota_topic(config: Mapping[str, Any], prefix_index: int) -> str:
@@ -178,12 +181,15 @@ def tasmota_rules(
     if relay_indexes:
         readings = {}
         for i in relay_indexes:
-            reading = "power_state" if i == 0 else f"power_state_{i + 1}"
+            reading = "state" if i == 0 else f"state_{i + 1}"
             power = "(POWER || POWER1)" if i == 0 else f"POWER{i + 1}"
             readings[reading] = on_off_path(power, states[1], states[0])
             build.ranks[reading] = 20
         state_rule = {"topic": tele + "STATE", "device": device, "service": "state"}
-        build.rule(key, {**state_rule, "payload": "json", "readings": readings})
+        # The relays by the device's own state texts; the rest (dimmer, Wi-Fi) as
+        # tasmota.yaml reads it. A relay's state never becomes the device's primary.
+        state_rule |= {"payload": "json", "readings": readings, "convention": "tasmota"}
+        build.rule(key, {**state_rule, "primary": []})
     for i in relay_indexes:
         answered = "POWER || POWER1" if i == 0 else f"POWER{i + 1}"
         reply = {
@@ -211,38 +217,17 @@ def tasmota_rules(
 
 
 def _sensor_rule(build: Builder, source: str, tele: str, sensors: Any, device: Document) -> None:
+    """The SENSOR rule: Tasmota's convention (adapter/mapping/conventions.py) names the
+    readings and gives their units, as `mappings/tasmota.yaml` does, so a hand-written rule
+    and discovery forward the same readings under the same names."""
     document = sensors.get("sn") if isinstance(sensors, dict) else None
     if not isinstance(document, dict):
         build.problem(f"{source}: no sensor JSON 'sn'")
         return
-    leaves: list[tuple[tuple[str | int, ...], float]] = []
-    if not _numeric_leaves(document, (), leaves):
-        build.problem(
-            f"{source}: more than {MAX_READINGS} values or {MAX_DEPTH} levels; the rest is "
-            "not forwarded"
-        )
-    if not leaves:
+    names = [name for name, _, _ in tasmota_convention(document)]
+    if not names:
         build.problem(f"{source}: no numbers in the sensor JSON; no SENSOR rule")
         return
-    readings: dict[str, str] = {}
-    units: list[tuple[str, str]] = []
-    primary = None
-    temperature = None
-    for keys, _ in leaves:
-        name = reading_name(keys)
-        base, n = name, 2
-        while name in readings:
-            name, n = f"{base}_{n}", n + 1
-        readings[name] = key_path(keys)
-        unit = _unit(keys, document)
-        if unit:
-            units.append((f"unit_{name}", unit))
-        names = [k for k in keys if isinstance(k, str)]
-        if primary is None and names[:2] == ["ENERGY", "Power"]:
-            primary = name
-        if temperature is None and names and names[-1] == "Temperature":
-            temperature = name
-    sensor_device = {**device, "tags": {**device["tags"], **tags(units)}}
-    rule = {"topic": tele + "SENSOR", "device": sensor_device, "service": "sepl_get"}
-    primary = primary or temperature or next(iter(readings))
-    build.rule(source, {**rule, "payload": "json", "readings": readings, "primary": primary})
+    primary = [name for name in SENSOR_PRIMARIES if name in names] or names[:1]
+    rule = {"topic": tele + "SENSOR", "device": device, "service": "sepl_get"}
+    build.rule(source, {**rule, "payload": "json", "convention": "tasmota", "primary": primary})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import sys
 import zoneinfo
 from collections.abc import Sequence
@@ -16,10 +17,13 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 
 from adapter.config import parse_duration
+from adapter.mapping.conventions import CONVENTIONS
 from adapter.mapping.rules import (
     PAYLOAD_KINDS,
     AllReadings,
     Availability,
+    Channel,
+    CommandChannel,
     CommandRule,
     Condition,
     DeviceTemplate,
@@ -55,12 +59,25 @@ RULE_KEYS = {
     "ignore",
     "literal",
     "all_readings",
+    "convention",
+    "channel",
 }
+CHANNEL_KEYS = {"of", "main"}
 ALL_READINGS_KEYS = {"exclude", "units", "names"}
 # An ignore rule takes its topics away from every less specific rule and drops them.
 IGNORE_RULE_KEYS = {"id", "topic", "priority", "when", "payload", "ignore", "literal"}
 DEVICE_KEYS = {"uri", "name", "tags", "type"}
-COMMAND_KEYS = {"id", "service", "device", "device_type", "publish", "reply", "literal"}
+COMMAND_KEYS = {
+    "id",
+    "service",
+    "device",
+    "device_type",
+    "publish",
+    "reply",
+    "literal",
+    "channel",
+}
+COMMAND_CHANNEL_KEYS = {"pattern", "default"}
 PUBLISH_KEYS = {"topic", "payload", "qos"}
 REPLY_KEYS = {"topic", "timeout", "match", "payload", "data"}
 CONDITION_KEYS = {"path", "equals", "in", "exists"}
@@ -208,10 +225,34 @@ def _compile_rule(
     readings = _compile_readings(r)
     if readings and payload == "raw":
         raise r.fail("readings", "a raw payload has no readings")
+    for reading in readings:
+        for placeholder in placeholders(reading.name):
+            if placeholder not in pattern.names:
+                raise r.fail(
+                    "readings",
+                    f"reading {reading.name!r}: placeholder {{{placeholder}}} is not in "
+                    f"topic {pattern.text!r}",
+                )
     all_readings = _compile_all_readings(r)
     if all_readings is not None and payload != "json":
         raise r.fail("all_readings", "all_readings takes the properties of a JSON payload")
-    primaries = _primaries(r, readings, all_readings is not None)
+    convention = None
+    if r.has("convention"):
+        convention = r.text("convention")
+        if convention not in CONVENTIONS:
+            raise r.fail(
+                "convention", f"convention must be one of {', '.join(sorted(CONVENTIONS))}"
+            )
+        if payload != "json":
+            raise r.fail("convention", "a convention reads a JSON payload")
+    channel = _compile_channel(r, pattern)
+    named_later = (
+        all_readings is not None
+        or convention is not None
+        or channel is not None
+        or any("{" in x.name for x in readings)
+    )
+    primaries = _primaries(r, readings, named_later)
     primary = primaries[0] if primaries else None
     timestamp = None
     if r.has("timestamp"):
@@ -243,7 +284,28 @@ def _compile_rule(
         availability,
         all_readings=all_readings,
         primaries=primaries,
+        convention=convention,
+        channel=channel,
     )
+
+
+def _compile_channel(r: Reader, pattern: TopicPattern) -> Channel | None:
+    """`channel: "{n}"` or `channel: {of: "{n}", main: "1"}` (main: the unsuffixed one)."""
+    if not r.has("channel"):
+        return None
+    spec = r.node["channel"]
+    if isinstance(spec, str):
+        template, main = spec, "0"
+    else:
+        c = r.sub("channel", "channel", CHANNEL_KEYS)
+        template, main = c.text("of"), str(c.get("main", "0"))
+    names = placeholders(template)
+    if not names:
+        raise r.fail("channel", "channel is a template of the topic's placeholders, e.g. '{n}'")
+    for name in names:
+        if name not in pattern.names:
+            raise r.fail("channel", f"placeholder {{{name}}} is not in topic {pattern.text!r}")
+    return Channel(template, main)
 
 
 def _compile_all_readings(r: Reader) -> AllReadings | None:
@@ -272,9 +334,13 @@ def _primaries(r: Reader, readings: tuple[Reading, ...], any_name: bool) -> tupl
     """`primary: power` or `primary: [power, temperature]` (the first a message has)."""
     spec = r.get("primary")
     if spec is None:
-        return (readings[0].name,) if readings else ()
+        # A name made from the topic ({object}) names another reading in each message: as
+        # the device's primary it would change with every message.
+        return (readings[0].name,) if readings and "{" not in readings[0].name else ()
     names = spec if isinstance(spec, list) else [spec]
-    if not names or not all(isinstance(n, str) and n for n in names):
+    # `primary: []`: the rule's messages never set the device's primary (a relay's state
+    # message must not turn a plug's average from its power to its on/off state).
+    if not all(isinstance(n, str) and n for n in names):
         raise r.fail("primary", "primary is a reading's name or a list of them")
     declared = {x.name for x in readings}
     for name in names:
@@ -414,6 +480,20 @@ def _compile_command(
             "e.g. {shelly} or {node}",
         )
     allowed = set(placeholders(device)) | CORRELATION_PLACEHOLDERS
+    channel = None
+    if c.has("channel"):
+        if "channel" in allowed:
+            raise c.fail("channel", "the device template already has a {channel}")
+        ch = c.sub("channel", f"channel of command {service!r}", COMMAND_CHANNEL_KEYS)
+        try:
+            regex = re.compile(ch.text("pattern"))
+        except re.error as exc:
+            raise ch.fail("pattern", f"pattern is no regular expression: {exc}") from None
+        default = ch.get("default")
+        if default is not None and not isinstance(default, str | int):
+            raise ch.fail("default", "default is the channel as text")
+        channel = CommandChannel(regex, None if default is None else str(default))
+        allowed.add("channel")
     p = c.sub("publish", f"publish of command {service!r}", PUBLISH_KEYS)
     topic = p.text("topic")
     payload = p.get("payload", "{data}")
@@ -459,6 +539,7 @@ def _compile_command(
         int(qos),
         reply,
         command_regex(device),
+        channel,
     )
 
 

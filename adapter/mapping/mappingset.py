@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 from paho.mqtt.matcher import MQTTMatcher
 
+from adapter.mapping.conventions import CONVENTIONS
 from adapter.mapping.eventparts import event_metadata, payload_text
 from adapter.mapping.paths import Search
 from adapter.mapping.rules import (
@@ -197,7 +199,10 @@ class MappingSet:
                             values = known_values
                         if known_device == device:
                             device = known_device
-                    found.append((rule, values, device, self._extractors_of(rule)))
+                    extractors = self._extractors_of(rule)
+                    if rule.renames:
+                        extractors = _renamed(rule, values, extractors)
+                    found.append((rule, values, device, extractors))
         found.sort(key=lambda item: item[0].specificity, reverse=True)
         if len(self._cache) >= TOPIC_CACHE_SIZE:
             self._cache.clear()
@@ -274,6 +279,12 @@ class MappingSet:
             readings[name] = value
             if unit is not None:
                 units[name] = unit
+        if rule.convention is not None:
+            for name, value, unit in CONVENTIONS[rule.convention](document, values):
+                if name not in readings:
+                    readings[name] = value
+                    if unit is not None:
+                        units[name] = unit
         if rule.all_readings is not None and isinstance(document, dict):
             _take_all(rule.all_readings, document, readings, units)
         moment = received
@@ -311,13 +322,21 @@ class MappingSet:
         service: str,
         data: str,
         correlation: Mapping[str, str] | None = None,
+        device_type: str | None = None,
     ) -> PublishPlan | None:
+        """The publish of a command, or None when no rule has it. With the device's type
+        known, only rules of that type apply: a Shelly Gen1 and a Gen2 share the uri
+        namespace `shelly:<id>` but not their commands."""
         for rule in self.commands:
             if rule.service != service:
+                continue
+            if device_type is not None and rule.device_type != device_type:
                 continue
             values = rule.device_values(device_uri, self.prefix)
             if values is None:
                 continue
+            if rule.channel is not None:
+                values["channel"] = rule.channel.pick(data)  # raises CommandRefused
             values = {
                 **values,
                 "data": data,
@@ -476,6 +495,16 @@ def _example_topic(a: TopicPattern, b: TopicPattern) -> str | None:
         if a.match(topic) is not None and b.match(topic) is not None:
             return topic
     return None
+
+
+def _renamed(rule: Rule, values: dict[str, str], extractors: Extractors) -> Extractors:
+    """The extractors with the names one topic gives them: placeholders filled, the
+    channel's suffix added (made once per topic, kept in the topic cache)."""
+    suffix = rule.channel.suffix(values) if rule.channel is not None else ""
+    return tuple(
+        (sys.intern(render_template(name, values) + suffix), search, scale, unit, unit_search)
+        for name, search, scale, unit, unit_search in extractors
+    )
 
 
 def _take_all(

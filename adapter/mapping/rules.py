@@ -184,6 +184,20 @@ class AllReadings:
 
 
 @dataclass(frozen=True)
+class Channel:
+    """`channel:` — the rule's readings belong to one channel of a multi-channel device
+    (a Shelly's relay {n}): their names get `_<channel>`, except on the `main` channel, so a
+    one-relay device reads `power` and relay 1 of two reads `power_1`."""
+
+    template: str
+    main: str = "0"
+
+    def suffix(self, values: Mapping[str, str]) -> str:
+        channel = render_template(self.template, dict(values))
+        return "" if channel in ("", self.main) else f"_{channel}"
+
+
+@dataclass(frozen=True)
 class Timestamp:
     """Where the device's own time stands, and the zone of a time without offset (D10)."""
 
@@ -284,6 +298,13 @@ class Rule:
     all_readings: AllReadings | None = None
     # `primary` as a list of preferences: the first one the message has is its primary.
     primaries: tuple[str, ...] = ()
+    convention: str | None = None  # a family convention's readings (mapping/conventions.py)
+    channel: Channel | None = None
+
+    @property
+    def renames(self) -> bool:
+        """Do the reading names depend on the topic (a `{placeholder}` or a channel)?"""
+        return self.channel is not None or any("{" in r.name for r in self.readings)
 
     @property
     def specificity(self) -> tuple[int, int, int]:
@@ -305,6 +326,43 @@ class Reply:
     data: Path | None = None  # None: the reply payload as it came
 
 
+class CommandRefused(ValueError):
+    """The command's data does not fit the rule (a channel the device does not have)."""
+
+
+@dataclass(frozen=True)
+class CommandChannel:
+    """`channel:` of a command: which channel (relay 2, switch:1, a named ESPHome switch)
+    the command's data names; it fills the `{channel}` placeholder."""
+
+    pattern: re.Pattern[str]
+    default: str | None  # None: the data must name one
+
+    def pick(self, data: str) -> str:
+        """The channel from the data: `2`, `"2"`, `{"channel": 2}`; empty: the default."""
+        text = data.strip()
+        if text.startswith(("{", '"')):
+            try:
+                decoded = json.loads(text)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, dict):
+                decoded = decoded.get("channel", "")
+            if isinstance(decoded, str | int) and not isinstance(decoded, bool):
+                text = str(decoded).strip()
+        if not text:
+            if self.default is None:
+                raise CommandRefused(
+                    f"name the channel in the command's data ({self.pattern.pattern})"
+                )
+            return self.default
+        if self.pattern.fullmatch(text) is None:
+            raise CommandRefused(
+                f"channel {text[:40]!r} is not one of this device's ({self.pattern.pattern})"
+            )
+        return text
+
+
 @dataclass(frozen=True)
 class CommandRule:
     id: str
@@ -317,6 +375,7 @@ class CommandRule:
     qos: int
     reply: Reply | None
     _device_regex: re.Pattern[str] = field(repr=False, compare=False)
+    channel: CommandChannel | None = None
 
     def device_values(self, uri: str, prefix: str) -> dict[str, str] | None:
         if prefix:
@@ -328,7 +387,11 @@ class CommandRule:
 
 
 def fill(template: Any, values: Mapping[str, str]) -> Any:
-    """Fill a template; in a JSON structure only string leaves are templates."""
+    """Fill a template; in a JSON structure only string leaves are templates, and a leaf
+    that is exactly `{channel}` with a number for channel is that number (a Shelly RPC's
+    `params.id`)."""
+    if template == "{channel}" and values.get("channel", "").isdigit():
+        return int(values["channel"])
     if isinstance(template, str):
         return render_template(template, dict(values))
     if isinstance(template, dict):

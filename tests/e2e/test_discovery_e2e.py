@@ -104,11 +104,12 @@ def test_discovered_devices_flow_with_no_mappings(
         print("devices with events:", sorted(found))
         assert "tasmota:pow1" in found
         plug = json.loads(found["tasmota:pow1"][0]["parts"]["metadata"])
-        assert plug["readings"]["energy_power"] == 2635
+        assert (plug["readings"]["power"], plug["units"]["power"]) == (2635, "W")
         z2m = next(uri for uri in found if uri.startswith("z2m:"))
         readings = json.loads(found[z2m][0]["parts"]["metadata"])["readings"]
         assert readings["temperature"] == 29.1 and readings["humidity"] == 34.6
-        assert any(uri.startswith("esphome:livingroom") for uri in found)
+        esp = json.loads(found["esphome:livingroom"][0]["parts"]["metadata"])
+        assert esp["units"] == {"living_room_temperature": "°C"}
         assert all(attached(open_sandbox)[uri] for uri in found)
 
         # Removing a discovery config (an empty retained message) disconnects the device.

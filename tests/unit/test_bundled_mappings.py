@@ -25,6 +25,7 @@ from adapter.mapping import (
     compile_text,
     load_directory,
 )
+from adapter.mapping.rules import CommandRefused
 from adapter.topic import TopicPattern
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
@@ -139,7 +140,7 @@ def test_device_types_and_services_of_the_bundle(bundled: MappingSet) -> None:
     assert types["iot#tasmota-plug"] >= {"sepl_get", "on", "off", "toggle", "dimmer", "color"}
     assert set(types) == {
         "iot#tasmota-plug",
-        "iot#esphome-entity",
+        "iot#esphome-node",
         "iot#shelly-gen1",
         "iot#shelly-gen2",
         "iot#zigbee2mqtt-device",
@@ -175,7 +176,8 @@ def test_no_command_publishes_to_discovery_or_ha_status(everything: MappingSet) 
     assert _filters_intersect("homeassistant/+/+/config", "homeassistant/switch/x/config")
     assert not _filters_intersect("+/switch/+/command", "homeassistant/+/+/config")
     for command in everything.commands:
-        topic_filter = TopicPattern.compile(command.topic).mqtt_filter
+        # {channel} stands inside a level (POWER{channel}): as the relay it names
+        topic_filter = TopicPattern.compile(command.topic.replace("{channel}", "1")).mqtt_filter
         for forbidden in FORBIDDEN_PUBLISH:
             assert not _filters_intersect(topic_filter, forbidden), (command.id, forbidden)
         assert command.payload not in ("", None), command.id  # an empty payload deletes
@@ -205,6 +207,7 @@ class Event:
     missing: tuple[str, ...] = ()
     time: datetime = RECEIVED
     tags: dict[str, str] = field(default_factory=dict)
+    units: dict[str, str] | None = None  # None: not checked
 
 
 POW_SENSOR = (
@@ -218,6 +221,29 @@ TASMOTA_STATE = (
     '"Wifi":{"AP":1,"SSId":"home","BSSId":"30:B5:C2:5D:C3:D6","Channel":1,"Mode":"11n",'
     '"RSSI":76,"Signal":-62,"LinkCount":1,"Downtime":"0T00:00:03"}}'
 )
+POW_READINGS = {
+    "energy": 6.294,
+    "energy_yesterday": 5.34,
+    "energy_today": 0.954,
+    "energy_period": 0.217,  # Wh since the last telemetry
+    "power": 2635,
+    "apparent_power": 2650,
+    "reactive_power": 282,
+    "power_factor": 0.99,
+    "voltage": 227,
+    "current": 11.661,
+}
+POW_UNITS = {
+    "energy": "kWh",
+    "energy_yesterday": "kWh",
+    "energy_today": "kWh",
+    "energy_period": "kWh",
+    "power": "W",
+    "apparent_power": "VA",
+    "reactive_power": "var",
+    "voltage": "V",
+    "current": "A",
+}
 TASMOTA = "iot#tasmota-plug"
 TASMOTA_TAGS = {"vendor": "tasmota"}
 
@@ -230,17 +256,12 @@ EVENTS = [
         "Tasmota pow1",
         TASMOTA,
         "sepl_get",
-        {
-            "power": 2635,
-            "voltage": 227,
-            "current": 11.661,
-            "energy_today": 0.954,
-            "energy_total": 6.294,
-        },
+        POW_READINGS,
         "power",
+        units=POW_UNITS,
         tags=TASMOTA_TAGS,
     ),
-    Event(  # multi-phase: arrays, the first phase; Total as an object is no number
+    Event(  # multi-phase: each phase suffixed, the whole device summed (voltage: phase 1)
         "tasmota.yaml",
         "tele/meter/SENSOR",
         '{"Time":"2020-09-25T12:47:15","ENERGY":{"Total":{"Phase1":0.017,"Phase2":0.017},'
@@ -249,9 +270,22 @@ EVENTS = [
         "Tasmota meter",
         TASMOTA,
         "sepl_get",
-        {"power": 10.5, "voltage": 230.1, "current": 1.32, "energy_today": 0.002},
+        {
+            "energy": 0.034,
+            "energy_1": 0.017,
+            "energy_2": 0.017,
+            "energy_today": 0.002,
+            "power": 30.75,
+            "power_1": 10.5,
+            "power_2": 20.25,
+            "voltage": 230.1,
+            "voltage_1": 230.1,
+            "voltage_2": 231.2,
+            "current": 3.42,
+            "current_1": 1.32,
+            "current_2": 2.1,
+        },
         "power",
-        missing=("energy_total",),
     ),
     Event(  # HA's Tasmota fixture: TotalTariff arrays next to a scalar Total
         "tasmota.yaml",
@@ -265,10 +299,14 @@ EVENTS = [
         "sepl_get",
         {
             "power": 0.0,
+            "apparent_power": 7.84,
             "voltage": 234.31,
             "current": 0.039,
             "energy_today": 0.002,
-            "energy_total": 0.017,
+            "energy_yesterday": 0.0,
+            "energy": 0.017,
+            "energy_tariff_1": 0.0,
+            "energy_tariff_2": 0.017,
         },
         "power",
     ),
@@ -282,7 +320,7 @@ EVENTS = [
         "sepl_get",
         {"temperature": 20.6},
         "temperature",
-        missing=("humidity", "pressure"),
+        units={"temperature": "°C"},  # TempUnit absent: Tasmota's default
     ),
     Event(
         "tasmota.yaml",
@@ -293,9 +331,9 @@ EVENTS = [
         "Tasmota cellar",
         TASMOTA,
         "sepl_get",
-        {"temperature": 12.5},
-        "temperature",
-        missing=("humidity", "pressure"),
+        {"temperature_1": 12.5, "temperature_2": 13.0},
+        "temperature_1",
+        units={"temperature_1": "°C", "temperature_2": "°C"},
     ),
     Event(
         "tasmota.yaml",
@@ -306,9 +344,9 @@ EVENTS = [
         "Tasmota bath",
         TASMOTA,
         "sepl_get",
-        {"temperature": 22.4, "humidity": 40.8},
+        {"temperature": 22.4, "humidity": 40.8, "dew_point": 8.3},
         "temperature",
-        missing=("pressure",),
+        units={"temperature": "°C", "humidity": "%", "dew_point": "°C"},
     ),
     Event(
         "tasmota.yaml",
@@ -319,7 +357,7 @@ EVENTS = [
         "Tasmota attic",
         TASMOTA,
         "sepl_get",
-        {"temperature": 21.3, "humidity": 45.2, "pressure": 1012.4},
+        {"temperature": 21.3, "humidity": 45.2, "dew_point": 9.0, "pressure": 1012.4},
         "temperature",
     ),
     Event(
@@ -330,8 +368,9 @@ EVENTS = [
         "Tasmota kitchen",
         TASMOTA,
         "state",
-        {"power_state": 1, "dimmer": 40, "rssi": 76, "signal": -62, "uptime": 67000},
-        "power_state",
+        {"state": 1, "dimmer": 40, "rssi": 76, "signal": -62, "uptime": 67000},
+        None,
+        units={"dimmer": "%", "rssi": "%", "signal": "dBm", "uptime": "s"},
     ),
     Event(  # SetOption26: POWER1 even with one relay
         "tasmota.yaml",
@@ -342,9 +381,8 @@ EVENTS = [
         "Tasmota kitchen",
         TASMOTA,
         "state",
-        {"power_state": 0, "rssi": 50, "signal": -75, "uptime": 5},
-        "power_state",
-        missing=("dimmer",),
+        {"state": 0, "rssi": 50, "signal": -75, "uptime": 5},
+        None,
     ),
     Event(
         "tasmota.yaml",
@@ -354,8 +392,8 @@ EVENTS = [
         "Tasmota kitchen",
         TASMOTA,
         "power_state",
-        {"power_state": 1},
-        "power_state",
+        {"state": 1},
+        None,
     ),
     Event(  # a StateText changed to other words: sent, but no reading
         "tasmota.yaml",
@@ -367,7 +405,7 @@ EVENTS = [
         "power_state",
         {},
         None,
-        missing=("power_state",),
+        missing=("state",),
     ),
     Event(
         "tasmota-custom-fulltopic.yaml",
@@ -377,14 +415,9 @@ EVENTS = [
         "Tasmota pow1",
         TASMOTA,
         "sepl_get",
-        {
-            "power": 2635,
-            "voltage": 227,
-            "current": 11.661,
-            "energy_today": 0.954,
-            "energy_total": 6.294,
-        },
+        POW_READINGS,
         "power",
+        units=POW_UNITS,
     ),
     Event(
         "tasmota-custom-fulltopic.yaml",
@@ -396,7 +429,6 @@ EVENTS = [
         "sepl_get",
         {"temperature": 20.6},
         "temperature",
-        missing=("humidity", "pressure"),
     ),
     Event(
         "tasmota-custom-fulltopic.yaml",
@@ -406,76 +438,101 @@ EVENTS = [
         "Tasmota kitchen",
         TASMOTA,
         "power_state",
-        {"power_state": 0},
-        "power_state",
+        {"state": 0},
+        None,
     ),
     Event(
         "esphome.yaml",
         "livingroom/sensor/living_room_temperature/state",
         "23.5",
-        "esphome:livingroom/sensor/living_room_temperature",
-        "livingroom living_room_temperature",
-        "iot#esphome-entity",
+        "esphome:livingroom",
+        "livingroom",
+        "iot#esphome-node",
         "sepl_get",
-        {"value": 23.5},
-        "value",
-        tags={"family": "esphome", "node": "livingroom"},
+        {"living_room_temperature": 23.5},
+        None,
+        tags={"family": "esphome"},
+    ),
+    Event(  # an object id that says what it measures is the node's primary
+        "esphome.yaml",
+        "plug1/sensor/power/state",
+        "85.3",
+        "esphome:plug1",
+        "plug1",
+        "iot#esphome-node",
+        "sepl_get",
+        {"power": 85.3},
+        "power",
     ),
     Event(
         "esphome.yaml",
         "livingroom/switch/my_relay/state",
         "ON",
-        "esphome:livingroom/switch/my_relay",
-        "livingroom my_relay",
-        "iot#esphome-entity",
+        "esphome:livingroom",
+        "livingroom",
+        "iot#esphome-node",
         "state",
-        {"state": 1},
-        "state",
+        {"my_relay": 1},
+        None,
     ),
     Event(
         "esphome.yaml",
         "livingroom/binary_sensor/motion/state",
         "OFF",
-        "esphome:livingroom/binary_sensor/motion",
-        "livingroom motion",
-        "iot#esphome-entity",
+        "esphome:livingroom",
+        "livingroom",
+        "iot#esphome-node",
         "state",
-        {"state": 0},
-        "state",
+        {"motion": 0},
+        None,
     ),
     Event(
         "shelly-gen1.yaml",
         "shellies/shelly1pm-ABC123/relay/0/power",
         "47.11",
-        "shelly:shelly1pm-ABC123/relay/0",
-        "Shelly shelly1pm-ABC123 relay 0",
+        "shelly:shelly1pm-ABC123",
+        "Shelly shelly1pm-ABC123",
         "iot#shelly-gen1",
         "sepl_get",
         {"power": 47.11},
         "power",
         tags={"family": "shelly", "generation": "1"},
+        units={"power": "W"},
     ),
-    Event(  # watt-minutes to Wh
+    Event(  # relay 1 of a Shelly 2.5: its channel's suffix
+        "shelly-gen1.yaml",
+        "shellies/shellyswitch25-ABC123/relay/1/power",
+        "12.5",
+        "shelly:shellyswitch25-ABC123",
+        "Shelly shellyswitch25-ABC123",
+        "iot#shelly-gen1",
+        "sepl_get",
+        {"power_1": 12.5},
+        None,
+        units={"power_1": "W"},
+    ),
+    Event(  # watt-minutes to kWh
         "shelly-gen1.yaml",
         "shellies/shellyplug-s-ABC123/relay/0/energy",
         "600",
-        "shelly:shellyplug-s-ABC123/relay/0",
-        "Shelly shellyplug-s-ABC123 relay 0",
+        "shelly:shellyplug-s-ABC123",
+        "Shelly shellyplug-s-ABC123",
         "iot#shelly-gen1",
         "energy",
-        {"energy": 10.0},
-        "energy",
+        {"energy": 0.01},
+        None,
+        units={"energy": "kWh"},
     ),
     Event(
         "shelly-gen1.yaml",
         "shellies/shellyswitch25-ABC123/relay/1",
         "on",
-        "shelly:shellyswitch25-ABC123/relay/1",
-        "Shelly shellyswitch25-ABC123 relay 1",
+        "shelly:shellyswitch25-ABC123",
+        "Shelly shellyswitch25-ABC123",
         "iot#shelly-gen1",
         "state",
-        {"state": 1},
-        "state",
+        {"state_1": 1},
+        None,
     ),
     Event(
         "shelly-gen1.yaml",
@@ -485,8 +542,9 @@ EVENTS = [
         "Shelly shelly1pm-ABC123",
         "iot#shelly-gen1",
         "sepl_get",
-        {"temperature": 45.3},
-        "temperature",
+        {"device_temperature": 45.3},
+        None,
+        units={"device_temperature": "°C"},
     ),
     Event(
         "shelly-gen2.yaml",
@@ -494,20 +552,28 @@ EVENTS = [
         '{"id":0, "source":"HTTP", "output":false, "apower":47.11, "voltage":232.0,'
         ' "current":0.000, "pf":0.00, "aenergy":{"total":5.125,"by_minute":[0.000,0.000,0.000],'
         '"minute_ts":1675718520},"temperature":{"tC":25.3, "tF":77.5}}',
-        "shelly:shellyplus1pm-a8032abe54dc/switch:0",
-        "Shelly shellyplus1pm-a8032abe54dc switch:0",
+        "shelly:shellyplus1pm-a8032abe54dc",
+        "Shelly shellyplus1pm-a8032abe54dc",
         "iot#shelly-gen2",
         "sepl_get",
         {
             "power": 47.11,
             "voltage": 232.0,
             "current": 0.0,
-            "energy_total": 5.125,
-            "temperature": 25.3,
+            "power_factor": 0.0,
+            "energy": 0.005125,
+            "device_temperature": 25.3,
             "state": 0,
         },
         "power",
         tags={"family": "shelly", "generation": "2"},
+        units={
+            "power": "W",
+            "voltage": "V",
+            "current": "A",
+            "energy": "kWh",
+            "device_temperature": "°C",
+        },
     ),
     Event(
         "shelly-gen2.yaml",
@@ -515,14 +581,58 @@ EVENTS = [
         '{"src": "shellypro4pm-f008d1d8b8b8", "dst": "user_1", "method": "NotifyStatus",'
         ' "params": {"ts": 1631186545.04, "switch:0": {"id": 0, "output": true,'
         ' "source": "button"}}}',
-        "shelly:shellypro4pm-f008d1d8b8b8/switch:0",
-        "Shelly shellypro4pm-f008d1d8b8b8 switch:0",
+        "shelly:shellypro4pm-f008d1d8b8b8",
+        "Shelly shellypro4pm-f008d1d8b8b8",
         "iot#shelly-gen2",
         "sepl_get",
         {"state": 1},
         None,
-        missing=("power", "voltage", "current", "energy_total", "temperature"),
         time=datetime.fromtimestamp(1631186545.04, UTC),
+    ),
+    Event(  # a partial update of switch:1 (only its energy changed)
+        "shelly-gen2.yaml",
+        "shellypro4pm-f008d1d8b8b8/events/rpc",
+        '{"src":"shellypro4pm-f008d1d8b8b8","dst":"user_1","method":"NotifyStatus",'
+        '"params":{"ts":1631186600.5,"switch:1":{"id":1,"aenergy":{"total":1200.0,'
+        '"by_minute":[0,0,0],"minute_ts":1631186600}}}}',
+        "shelly:shellypro4pm-f008d1d8b8b8",
+        "Shelly shellypro4pm-f008d1d8b8b8",
+        "iot#shelly-gen2",
+        "sepl_get",
+        {"energy_1": 1.2},
+        None,
+        time=datetime.fromtimestamp(1631186600.5, UTC),
+        units={"energy_1": "kWh"},
+    ),
+    Event(  # Shelly Plus H&T: temperature:0, humidity:0, devicepower:0 in a full status
+        "shelly-gen2.yaml",
+        "shellyplusht-08b61fcb7f3c/events/rpc",
+        '{"src":"shellyplusht-08b61fcb7f3c","dst":"shellyplusht-08b61fcb7f3c/events",'
+        '"method":"NotifyFullStatus","params":{"ts":1700000000.0,'
+        '"devicepower:0":{"id":0,"battery":{"V":5.6,"percent":82},"external":{"present":false}},'
+        '"humidity:0":{"id":0,"rh":48.3},"temperature:0":{"id":0,"tC":21.9,"tF":71.4},'
+        '"wifi":{"sta_ip":"10.0.0.9","status":"got ip","ssid":"home","rssi":-58}}}',
+        "shelly:shellyplusht-08b61fcb7f3c",
+        "Shelly shellyplusht-08b61fcb7f3c",
+        "iot#shelly-gen2",
+        "sepl_get",
+        {
+            "battery": 82,
+            "battery_voltage": 5.6,
+            "external_power": 0,
+            "humidity": 48.3,
+            "temperature": 21.9,
+            "rssi": -58,
+        },
+        "temperature",
+        time=datetime.fromtimestamp(1700000000.0, UTC),
+        units={
+            "battery": "%",
+            "battery_voltage": "V",
+            "humidity": "%",
+            "temperature": "°C",
+            "rssi": "dBm",
+        },
     ),
     Event(
         "zigbee2mqtt.yaml",
@@ -670,6 +780,9 @@ def _check_event(outcome: Outcome | None, case: Event) -> None:
     assert outcome.data == case.payload  # the payload exactly as published (D10)
     assert outcome.time == case.time
     metadata = json.loads(outcome.metadata)
+    if case.units is not None:
+        assert outcome.units == case.units
+        assert metadata.get("units", {}) == case.units
     assert metadata["topic"] == case.topic
     assert metadata["primary"] == case.primary
     assert metadata["readings"] == pytest.approx(case.readings)
@@ -785,15 +898,20 @@ def test_esphome_nan_is_rejected(bundled: MappingSet) -> None:
     assert outcome.rule.id == "esphome-sensor"
 
 
-def test_shelly_gen2_status_without_output_and_other_notifications_are_dropped(
+def test_shelly_gen2_components_become_readings_and_events_are_dropped(
     bundled: MappingSet,
 ) -> None:
     status = b'{"id":0,"state":false}'
-    assert bundled.map("shellyplus1-a8032abe54dc/status/input:0", status, RECEIVED) is None
+    outcome = bundled.map("shellyplus1-a8032abe54dc/status/input:0", status, RECEIVED)
+    assert isinstance(outcome, Mapped) and outcome.readings == {"input": 0}
     event = b'{"src":"shellyplus1-x","dst":"u","method":"NotifyEvent","params":{"ts":1.0}}'
     assert bundled.map("shellyplus1-x/events/rpc", event, RECEIVED) is None
     switch1 = b'{"method":"NotifyStatus","params":{"ts":1.0,"switch:1":{"output":true}}}'
-    assert bundled.map("shellyplus1-x/events/rpc", switch1, RECEIVED) is None
+    outcome = bundled.map("shellyplus1-x/events/rpc", switch1, RECEIVED)
+    assert isinstance(outcome, Mapped) and outcome.readings == {"state_1": 1}
+    gone = b'{"method":"NotifyStatus","params":{"ts":1.0,"switch:0":{"apower":null}}}'
+    outcome = bundled.map("shellyplus1-x/events/rpc", gone, RECEIVED)
+    assert isinstance(outcome, Mapped) and outcome.readings == {}  # null is no 0
 
 
 def test_fixed_root_families_win_over_the_catch_alls(bundled: MappingSet) -> None:
@@ -853,31 +971,35 @@ COMMANDS = [
         '{"POWER":"ON","Dimmer":100,"Color":"FF0000"}', '{"POWER":"ON"}',
     ),
     Command(
+        "tasmota.yaml", "tasmota:strip", "on", "3", "cmnd/strip/POWER3", "ON",
+        "stat/strip/RESULT", '{"POWER3":"ON"}', '{"POWER3":"ON"}', '{"Dimmer":40}',
+    ),
+    Command(
         "tasmota-custom-fulltopic.yaml", "tasmota:kitchen", "on", "", "kitchen/cmnd/POWER",
         "ON", "kitchen/stat/RESULT", '{"POWER":"ON"}', '{"POWER":"ON"}',
     ),
     Command(
-        "esphome.yaml", "esphome:livingroom/switch/my_relay", "on", "",
+        "esphome.yaml", "esphome:livingroom", "on", "my_relay",
         "livingroom/switch/my_relay/command", "ON", "livingroom/switch/my_relay/state",
         "ON", "ON",
     ),
     Command(
-        "esphome.yaml", "esphome:livingroom/switch/my_relay", "toggle", "",
+        "esphome.yaml", "esphome:livingroom", "toggle", '{"channel": "my_relay"}',
         "livingroom/switch/my_relay/command", "TOGGLE", "livingroom/switch/my_relay/state",
         "OFF", "OFF",
     ),
     Command(
-        "shelly-gen1.yaml", "shelly:shelly1-B929CC/relay/0", "off", "",
+        "shelly-gen1.yaml", "shelly:shelly1-B929CC", "off", "",
         "shellies/shelly1-B929CC/relay/0/command", "off", "shellies/shelly1-B929CC/relay/0",
         "off", "off",
     ),
     Command(
-        "shelly-gen1.yaml", "shelly:shellyswitch25-ABC123/relay/1", "toggle", "",
+        "shelly-gen1.yaml", "shelly:shellyswitch25-ABC123", "toggle", "1",
         "shellies/shellyswitch25-ABC123/relay/1/command", "toggle",
         "shellies/shellyswitch25-ABC123/relay/1", "on", "on",
     ),
     Command(
-        "shelly-gen2.yaml", "shelly:shellyplus1-a8032abe54dc/switch:0", "on", "",
+        "shelly-gen2.yaml", "shelly:shellyplus1-a8032abe54dc", "on", "",
         "shellyplus1-a8032abe54dc/rpc",
         {"id": "7", "src": "sepl-adapter", "method": "Switch.Set", "params": {"id": 0, "on": True}},
         "sepl-adapter/rpc",
@@ -886,7 +1008,7 @@ COMMANDS = [
         '{"id":"6","src":"shellyplus1-a8032abe54dc","dst":"sepl-adapter","result":{"was_on":true}}',
     ),
     Command(
-        "shelly-gen2.yaml", "shelly:shellyplus1-a8032abe54dc/switch:0", "off", "",
+        "shelly-gen2.yaml", "shelly:shellyplus1-a8032abe54dc", "off", "",
         "shellyplus1-a8032abe54dc/rpc",
         {"id": "7", "src": "sepl-adapter", "method": "Switch.Set",
          "params": {"id": 0, "on": False}},
@@ -895,9 +1017,9 @@ COMMANDS = [
         '{"code": -103, "message": "bad"}',
     ),
     Command(
-        "shelly-gen2.yaml", "shelly:shellyplus1-a8032abe54dc/switch:0", "toggle", "",
-        "shellyplus1-a8032abe54dc/rpc",
-        {"id": "7", "src": "sepl-adapter", "method": "Switch.Toggle", "params": {"id": 0}},
+        "shelly-gen2.yaml", "shelly:shellypro4pm-f008d1d8b8b8", "toggle", "2",
+        "shellypro4pm-f008d1d8b8b8/rpc",
+        {"id": "7", "src": "sepl-adapter", "method": "Switch.Toggle", "params": {"id": 2}},
         "sepl-adapter/rpc", '{"id":"7","result":{"was_on":true}}', '{"was_on": true}',
     ),
     Command(
@@ -931,8 +1053,10 @@ def test_commands_become_publishes_and_replies_answer_them(
     sets = [single(case.file)]
     if case.file in ENABLED:
         sets.append(bundled)
+    # The device's registered type picks between families that share a namespace (Shelly).
+    device_type = single(case.file).commands[0].device_type
     for mappings in sets:
-        plan = mappings.plan_command(case.device, case.service, case.data, CORRELATION)
+        plan = mappings.plan_command(case.device, case.service, case.data, CORRELATION, device_type)
         assert plan is not None
         assert plan.topic == case.topic
         if isinstance(case.payload, dict):
@@ -949,9 +1073,9 @@ def test_commands_become_publishes_and_replies_answer_them(
 @pytest.mark.parametrize(
     ("device", "service"),
     [
-        ("esphome:livingroom/sensor/living_room_temperature", "on"),  # a sensor has none
-        ("shelly:shelly1-B929CC", "on"),  # the Shelly as a whole: relays have commands
-        ("shelly:shellyplus1-a8032abe54dc/switch:1", "on"),  # only switch:0 is bundled
+        ("esphome:livingroom/sensor/living_room_temperature", "on"),  # before [12]'s uris
+        ("shelly:shelly1-B929CC/relay/0", "on"),
+        ("shelly:shellyplus1-a8032abe54dc/switch:1", "on"),
         ("omg:4C33A6603C79", "on"),
         ("tasmota:kitchen", "dance"),
         ("tasmota:+", "on"),  # a wildcard would make an invalid publish topic
@@ -962,6 +1086,30 @@ def test_commands_without_a_rule_are_not_planned(
     device: str, service: str, bundled: MappingSet
 ) -> None:
     assert bundled.plan_command(device, service, "", CORRELATION) is None
+
+
+@pytest.mark.parametrize(
+    ("device", "data", "reason"),
+    [
+        ("tasmota:strip", "9", "channel '9' is not one of this device's ([1-8])"),
+        ("tasmota:strip", "ON", "channel 'ON' is not one of this device's ([1-8])"),
+        ("shelly:shelly1-B929CC", "a", "channel 'a' is not one of this device's ([0-9])"),
+        ("esphome:livingroom", "", "name the channel in the command's data ([a-z0-9_]+)"),
+    ],
+)
+def test_commands_for_a_channel_the_device_lacks_are_refused(
+    device: str, data: str, reason: str, bundled: MappingSet
+) -> None:
+    with pytest.raises(CommandRefused) as refused:
+        bundled.plan_command(device, "on", data, CORRELATION)
+    assert str(refused.value) == reason
+
+
+def test_shelly_generations_share_uris_but_not_commands(bundled: MappingSet) -> None:
+    gen1 = bundled.plan_command("shelly:x", "on", "", CORRELATION, "iot#shelly-gen1")
+    gen2 = bundled.plan_command("shelly:x", "on", "", CORRELATION, "iot#shelly-gen2")
+    assert gen1 is not None and gen1.topic == "shellies/x/relay/0/command"
+    assert gen2 is not None and gen2.topic == "x/rpc"
 
 
 def test_device_prefix_namespaces_the_bundle(tmp_path: Path) -> None:

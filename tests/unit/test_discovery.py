@@ -518,16 +518,9 @@ def test_tasmota_default_config_with_custom_fulltopic() -> None:
         assert rule.priority == DISCOVERED_PRIORITY
     sensor = next(r for r in device.rules if r.pattern.text.endswith("SENSOR"))
     assert sensor.where == "tasmota/discovery/00000049A3BC/sensors"
-    names = [r.name for r in sensor.readings]
-    assert names[:4] == [
-        "energy_total",
-        "energy_totaltariff_0",
-        "energy_totaltariff_1",
-        "energy_yesterday",
-    ]
-    assert "energy_power" in names and "energy_phaseangle" in names
-    assert "energy_totalstarttime" not in names and "time" not in names  # text, not numbers
-    assert sensor.primary == "energy_power"
+    # Named by Tasmota's convention, as mappings/tasmota.yaml names them.
+    assert sensor.convention == "tasmota" and sensor.readings == ()
+    assert sensor.primary == "power"
 
     mappings = alone(device)
     event = mapped(
@@ -541,13 +534,16 @@ def test_tasmota_default_config_with_custom_fulltopic() -> None:
     assert tags["model"] == "Sonoff Basic"
     assert tags["mac"] == "00000049A3BC"
     assert tags["sw"] == "8.4.0.2"
-    assert tags["unit_energy_power"] == "W"
-    assert tags["unit_energy_voltage"] == "V"
-    assert tags["unit_energy_total"] == "kWh"
-    assert event.readings["energy_voltage"] == 234.31
-    assert event.readings["energy_reactivepower"] == -7.21
-    assert event.readings["energy_totaltariff_1"] == 0.017
-    assert json.loads(event.metadata)["primary"] == "energy_power"
+    assert event.readings["voltage"] == 234.31
+    assert event.readings["reactive_power"] == -7.21
+    assert event.readings["energy_tariff_2"] == 0.017
+    assert event.readings["phase_angle"] == 290.45
+    assert "time" not in event.readings and "energy_total_start_time" not in event.readings
+    assert event.units["power"] == "W"
+    assert event.units["voltage"] == "V"
+    assert event.units["energy"] == "kWh"
+    assert event.units["energy_import_reactive"] == "kvarh"
+    assert json.loads(event.metadata)["primary"] == "power"
     assert event.missing == ()
     assert availability(mappings.map("tasmota_49A3BC/tele/LWT", b"Online", NOW)).online is True
     assert availability(mappings.map("tasmota_49A3BC/tele/LWT", b"Offline", NOW)).online is False
@@ -560,16 +556,17 @@ def test_tasmota_plug_default_layout_telemetry_availability_and_commands() -> No
     event = mapped(mappings.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW))
     assert event.device.uri == "tasmota:pow1"
     assert event.device.name == "Kitchen plug"
-    assert event.readings["energy_power"] == 2635
-    assert event.readings["energy_current"] == 11.661
-    assert event.readings["energy_factor"] == 0.99
-    assert json.loads(event.metadata)["primary"] == "energy_power"
+    assert event.readings["power"] == 2635
+    assert event.readings["current"] == 11.661
+    assert event.readings["power_factor"] == 0.99
+    assert json.loads(event.metadata)["primary"] == "power"
     assert event.service == "sepl_get"
     state = mapped(mappings.map("tele/pow1/STATE", b'{"POWER":"ON","Wifi":{"RSSI":30}}', NOW))
-    assert state.readings == {"power_state": 1.0}
+    assert state.readings == {"state": 1.0, "rssi": 30.0}
     assert state.service == "state"
+    assert json.loads(state.metadata)["primary"] is None  # the device's stays its power
     off = mapped(mappings.map("tele/pow1/STATE", b'{"POWER1":"OFF"}', NOW))
-    assert off.readings == {"power_state": 0.0}
+    assert off.readings == {"state": 0.0}
     assert availability(mappings.map("tele/pow1/LWT", b"Offline", NOW)).online is False
     assert mappings.map("tele/pow2/SENSOR", POW_TELEMETRY, NOW) is None  # another device
 
@@ -613,8 +610,8 @@ def test_tasmota_state_texts_and_several_relays() -> None:
     state = mapped(
         mappings.map("tele/pow1/STATE", b'{"POWER1":"AN","POWER2":"AUS","POWER4":"X"}', NOW)
     )
-    assert state.readings == {"power_state": 1.0, "power_state_2": 0.0}
-    assert state.missing == ("power_state_4",)
+    assert state.readings == {"state": 1.0, "state_2": 0.0}  # by the device's state texts
+    assert state.missing == ("state_4",)
 
 
 def test_tasmota_topics_as_the_firmware_builds_them() -> None:
@@ -644,19 +641,22 @@ def test_tasmota_primary_and_quoted_paths() -> None:
     }
     device = generated(tasmota_rules("00000049A3BC", {**PLUG_CONFIG, "rl": []}, sensors))
     sensor = device.rules[0]
-    paths = {r.name: r.path.text for r in sensor.readings}
-    assert paths == {
-        "sds0x1_pm2_5": 'SDS0X1."PM2.5"',
-        "sds0x1_pm10": "SDS0X1.PM10",
-        "ds18b20_1_temperature": '"DS18B20-1".Temperature',
-        "ds18b20_2_temperature": '"DS18B20-2".Temperature',
-    }
-    assert sensor.primary == "ds18b20_1_temperature"
-    assert dict(sensor.device.tags)["unit_ds18b20_1_temperature"] == "°F"
+    assert sensor.primary == "temperature_1"
     event = mapped(alone(device).map("tele/pow1/SENSOR", json.dumps(sensors["sn"]).encode(), NOW))
-    assert event.readings["sds0x1_pm2_5"] == 3.1
+    assert event.readings == {
+        "pm25": 3.1,
+        "pm10": 7.2,
+        "temperature_1": 20.6,
+        "temperature_2": 21.0,
+    }
+    assert event.units == {
+        "pm25": "µg/m³",
+        "pm10": "µg/m³",
+        "temperature_1": "°F",
+        "temperature_2": "°F",
+    }
     only = generated(tasmota_rules("00000049A3BC", PLUG_CONFIG, {"sn": {"ANALOG": {"A0": 512}}}))
-    assert only.rules[0].primary == "analog_a0"
+    assert only.rules[0].primary == "analog"
 
 
 def test_tasmota_removed_and_name_fallbacks() -> None:
@@ -727,8 +727,13 @@ def test_tasmota_hostile_sensors(sensors: Any) -> None:
     mappings = alone(device)
     sensor = [r for r in device.rules if r.pattern.text.endswith("SENSOR")]
     for rule in sensor:
-        assert 0 < len(rule.readings) <= 100
-        assert all(r.name not in ("a", "b", "c", "d", "e", "time", "epoch") for r in rule.readings)
+        assert rule.convention == "tasmota"
+        if isinstance(sensors, dict) and isinstance(sensors.get("sn"), dict):
+            event = mapped(
+                mappings.map("tele/pow1/SENSOR", json.dumps(sensors["sn"]).encode(), NOW)
+            )
+            assert 0 < len(event.readings) <= 500
+            assert not {"a", "b", "c", "d", "e", "time", "epoch"} & set(event.readings)
     if not sensor:
         assert device.problems
     mappings.map("tele/pow1/SENSOR", b"{}", NOW)
@@ -740,29 +745,20 @@ def test_tasmota_hostile_sensors(sensors: Any) -> None:
 def test_esphome_sensor_in_discovery_form() -> None:
     device = generated(ha_rules(ESPHOME_SENSOR_TOPIC, ESPHOME_SENSOR))
     assert device.problems == []
-    assert (device.uri, device.family) == (
-        "esphome:livingroom/sensor/living_room_temperature",
-        "esphome",
-    )
-    assert device.device_uris == [
-        "esphome:livingroom",
-        "esphome:livingroom/sensor/living_room_temperature",
-    ]
+    # One device per node, named and tagged as esphome.yaml names it; the entity is a
+    # reading named by its object id, with the unit the discovery gives.
+    assert (device.uri, device.family) == ("esphome:livingroom", "esphome")
+    assert device.device_uris == ["esphome:livingroom"]
     mappings = alone(device)
     event = mapped(mappings.map("livingroom/sensor/living_room_temperature/state", b"23.5", NOW))
-    assert event.device.uri == "esphome:livingroom/sensor/living_room_temperature"
-    assert event.device.name == "livingroom living_room_temperature"
-    assert event.device.device_type == "iot#esphome-entity"
-    tags = dict(event.device.tags)
-    assert tags == {
-        "family": "esphome",
-        "node": "livingroom",
-        "model": "nodemcuv2",
-        "manufacturer": "espressif",
-        "unit_value": "°C",
-    }
-    assert event.readings == {"value": 23.5}
-    assert json.loads(event.metadata)["primary"] == "value"
+    assert event.device.uri == "esphome:livingroom"
+    assert event.device.name == "livingroom"
+    assert event.device.device_type == "iot#esphome-node"
+    assert dict(event.device.tags) == {"family": "esphome"}
+    assert event.readings == {"living_room_temperature": 23.5}
+    assert event.units == {"living_room_temperature": "°C"}
+    assert json.loads(event.metadata)["primary"] == "living_room_temperature"
+    assert event.rule.priority == -1  # wins over esphome.yaml, which knows no units
     status = availability(mappings.map("livingroom/status", b"offline", NOW))
     assert (status.device.uri, status.online) == ("esphome:livingroom", False)
 
@@ -773,15 +769,15 @@ def test_esphome_switch_states_and_commands() -> None:
     mappings = alone(device)
     on = mapped(mappings.map("livingroom/switch/my_relay/state", b"ON", NOW))
     assert (on.device.uri, on.service, on.readings) == (
-        "esphome:livingroom/switch/my_relay",
+        "esphome:livingroom",
         "state",
-        {"state": 1.0},
+        {"my_relay": 1.0},
     )
     assert mapped(mappings.map("livingroom/switch/my_relay/state", b"OFF", NOW)).readings == {
-        "state": 0.0
+        "my_relay": 0.0
     }
     for service, payload in (("on", "ON"), ("off", "OFF"), ("toggle", "TOGGLE")):
-        plan = mappings.plan_command("esphome:livingroom/switch/my_relay", service, "")
+        plan = mappings.plan_command("esphome:livingroom", service + "_my_relay", "")
         assert plan is not None
         assert (plan.topic, plan.payload, plan.reply_topic) == (
             "livingroom/switch/my_relay/command",
@@ -830,9 +826,7 @@ def test_zigbee2mqtt_sensor_entities_become_one_device() -> None:
     tags = dict(event.device.tags)
     assert tags["family"] == "zigbee2mqtt"
     assert tags["manufacturer"] == "Aqara"
-    assert tags["unit_temperature"] == "°C"
-    assert tags["unit_humidity"] == "%"
-    assert tags["unit_battery"] == "%"
+    assert event.units == {"temperature": "°C", "humidity": "%", "battery": "%"}
     assert (event.rule.where.count(";"), event.rule.priority) == (2, DISCOVERED_PRIORITY)
     # availability as Zigbee2MQTT 2.x sends it
     change = availability(
@@ -963,7 +957,7 @@ def test_device_based_discovery_with_components() -> None:
     assert json.loads(event.metadata)["primary"] == "temperature"
     tags = dict(event.device.tags)
     assert tags["origin"] == "bla2mqtt" and tags["model"] == "xya"
-    assert tags["unit_temperature"] == "°C"
+    assert event.units["temperature"] == "°C"
     motion = mapped(merged.map("sensorBedroom/motion", b"1", NOW))
     assert (motion.device.uri, motion.readings) == ("ha:device/ea334450945afc", {"motion": 1.0})
     assert tags == dict(motion.device.tags)  # one device, one set of tags
@@ -1249,26 +1243,29 @@ def test_bundled_mappings_override_and_give_the_same_device() -> None:
     # the same platform device whichever rule takes the message
     assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).device.uri == "tasmota:pow1"
     assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).rule.id == "tasmota-sensor"
+    # ESPHome's discovered rule wins over esphome.yaml's catch-all: the same device and
+    # reading name, with the unit esphome.yaml cannot know.
     esp = mapped(merged.map("livingroom/sensor/living_room_temperature/state", b"23.5", NOW))
-    assert (esp.rule.id, esp.device.uri) == (
-        "esphome-sensor",
-        "esphome:livingroom/sensor/living_room_temperature",
+    assert esp.rule.id.startswith("discovered:homeassistant/sensor/livingroom/")
+    assert (esp.device.uri, esp.readings, esp.units) == (
+        "esphome:livingroom",
+        {"living_room_temperature": 23.5},
+        {"living_room_temperature": "°C"},
     )
+    hand = mapped(bundled.map("livingroom/sensor/living_room_temperature/state", b"23.5", NOW))
+    assert (hand.device, set(hand.readings)) == (esp.device, set(esp.readings))
     z2m = mapped(merged.map("zigbee2mqtt/living_room", Z2M_TELEMETRY, NOW))
     assert (z2m.rule.id, z2m.device.uri) == ("z2m-device", "z2m:living_room")
     text = "\n".join(notes)
     for hand_id in (
         "tasmota-sensor",
-        "tasmota-sensor-climate",
         "tasmota-lwt",
         "tasmota-state",
-        "esphome-sensor",
         "esphome-status",
         "z2m-device",
         "z2m-availability",
     ):
         assert f"rule '{hand_id}' (" in text, hand_id
-    assert "when its conditions hold" in text  # tasmota-sensor needs ENERGY
     assert "ignore rule 'z2m-ignore-bridge'" in text
     for command in ("tasmota-on", "tasmota-off", "tasmota-toggle"):
         assert f"command '{command}' (" in text
@@ -1385,8 +1382,7 @@ def test_generated_documents_in_the_mapping_schema() -> None:
         True,
         DISCOVERED_PRIORITY,
     )
-    assert sensor["readings"]["energy_power"] == "ENERGY.Power"
-    assert sensor["device"]["tags"]["unit_energy_power"] == "W"
+    assert (sensor["convention"], sensor["primary"]) == ("tasmota", ["power"])
     config = device.documents["tasmota/discovery/A4CF12B3C4D5/config"]
     on = next(c for c in config["commands"] if c["service"] == "on")
     assert on["publish"] == {"topic": "cmnd/pow1/POWER1", "payload": "ON", "qos": 1}
@@ -1419,9 +1415,7 @@ def test_discovery_source_reads_the_state_an_earlier_version_wrote(tmp_path: Pat
         "homeassistant/+/+/+/config",
     ]
     merged = source.merged(EMPTY)
-    assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).readings["energy_power"] == (
-        2635
-    )
+    assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).readings["power"] == 2635
     z2m = mapped(merged.map("zigbee2mqtt/living_room", Z2M_TELEMETRY, NOW))
     assert z2m.device.uri == "z2m:living_room"
     assert source.take_removed() == []

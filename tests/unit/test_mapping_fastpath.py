@@ -35,6 +35,7 @@ from adapter.mapping import (
 )
 from adapter.mapping import rules as rules_module
 from adapter.mapping.compile import compile_path
+from adapter.mapping.conventions import CONVENTIONS
 from adapter.mapping.eventparts import (
     event_metadata,
     format_time,
@@ -44,6 +45,7 @@ from adapter.mapping.eventparts import (
 )
 from adapter.mapping.paths import compile_search, is_false
 from adapter.mapping.rules import DecodeError, Rule, as_number, decode_payload
+from adapter.mapping.units import PROPERTY_UNITS, canonical
 from adapter.topic import placeholders, render_template, template_regex
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
@@ -185,8 +187,8 @@ FALLBACK_PATHS = ["a[*].b", "a[?b == `1`]", "length(a)", "a == b", "a[1:]", "{x:
 
 
 def test_the_bundled_files_have_paths() -> None:
-    assert len(BUNDLED_PATHS) > 30
-    assert "ENERGY.Power[0] || ENERGY.Power" in BUNDLED_PATHS
+    assert len(BUNDLED_PATHS) > 15
+    assert "params.ts" in BUNDLED_PATHS
 
 
 def test_every_bundled_path_is_compiled() -> None:
@@ -617,21 +619,52 @@ def reference_map(topic: str, payload: bytes, received: datetime) -> Any:
         if rule.availability is not None:
             return ("availability", rule.id, rule.availability.state(document))
         readings: dict[str, float] = {}
+        units: dict[str, str] = {}
         missing = []
+        suffix = rule.channel.suffix(values) if rule.channel is not None else ""
         for reading in rule.readings:
-            number = reference_as_number(
-                reference_search(reading.path.text, document), reading.scale
-            )
+            name = render_template(reading.name, values) + suffix
+            unit, scale = reading.unit, reading.scale
+            if reading.unit_path is not None:
+                found = reference_search(reading.unit_path.text, document)
+                unit, factor = (
+                    canonical(found) if isinstance(found, str) and found.strip() else (None, 1.0)
+                )
+                scale *= factor
+            number = reference_as_number(reference_search(reading.path.text, document), scale)
             if number is None:
-                missing.append(reading.name)
+                missing.append(name)
             else:
-                readings[reading.name] = number
+                readings[name] = number
+                if unit is not None:
+                    units[name] = unit
+        if rule.convention is not None:
+            for found, number, found_unit in CONVENTIONS[rule.convention](document, values):
+                if found not in readings:
+                    readings[found] = number
+                    if found_unit is not None:
+                        units[found] = found_unit
+        if rule.all_readings is not None and isinstance(document, dict):
+            names, declared = dict(rule.all_readings.names), dict(rule.all_readings.units)
+            for key, raw in document.items():
+                taken = str(names.get(key, key))
+                if key in rule.all_readings.exclude or isinstance(raw, dict | list):
+                    continue
+                if raw is None or taken in readings:
+                    continue
+                unit_text = declared.get(key) or PROPERTY_UNITS.get(key)
+                all_unit, factor = canonical(unit_text) if unit_text else (None, 1.0)
+                number = reference_as_number(raw, factor)
+                if number is not None:
+                    readings[taken] = number
+                    if all_unit:
+                        units[taken] = all_unit
         moment = received
         if rule.timestamp is not None:
             moment = rule.timestamp.extract(document) or received
         data, encoding = payload_text(payload)
-        primary = rule.primary if rule.primary in readings else None
-        metadata = reference_metadata(moment, topic, readings, primary, encoding)
+        primary = next((name for name in rule.primaries if name in readings), None)
+        metadata = reference_metadata(moment, topic, readings, primary, encoding, units)
         return ("mapped", rule.id, values, data, metadata, repr(readings), tuple(missing), moment)
     return rejected
 
@@ -702,12 +735,17 @@ def test_tasmota_energy_messages_map_exactly() -> None:
         outcome = BUNDLE.map("tele/kitchen/SENSOR", payload, received)
         assert outcome_tuple(outcome) == reference_map("tele/kitchen/SENSOR", payload, received)
     assert isinstance(outcome, Mapped)
-    # 0 is true in JMESPath: Today[0] wins over Today; Voltage[0] of [] falls back to [].
+    # Tasmota's convention: each channel of an array or object suffixed, the device's whole
+    # the sum of what adds up; an empty array gives nothing, and nothing is missing.
     assert outcome.metadata == (
         '{"time":"2026-11-23T20:14:04.123Z","topic":"tele/kitchen/SENSOR",'
-        '"readings":{"power":10.5,"current":0.0,"energy_today":0.0},"primary":"power"}'
+        '"readings":{"energy":1.0,"energy_1":1.0,"energy_today":2.0,"energy_today_1":0.0,'
+        '"energy_today_2":2.0,"power":30.75,"power_1":10.5,"power_2":20.25,"current":1.0,'
+        '"current_1":0.0,"current_2":1.0},"primary":"power","units":{"energy":"kWh",'
+        '"energy_1":"kWh","energy_today":"kWh","energy_today_1":"kWh","energy_today_2":"kWh",'
+        '"power":"W","power_1":"W","power_2":"W","current":"A","current_1":"A","current_2":"A"}}'
     )
-    assert outcome.missing == ("voltage", "energy_total")
+    assert outcome.missing == ()
 
 
 # --- which devices the rules still make --------------------------------------------------

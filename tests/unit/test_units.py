@@ -196,7 +196,7 @@ def test_declared_readings_win_and_units_and_names_can_be_given() -> None:
         ("    all_readings: {units: {a: 1}}\n", "units maps a property name to a text"),
         ("    all_readings: true\n    payload: text\n", "JSON payload"),
         ("    readings: {a: a}\n    primary: [a, b]\n", "primary 'b' is not one of"),
-        ("    readings: {a: a}\n    primary: []\n", "primary is a reading's name or a list"),
+        ('    readings: {a: a}\n    primary: [""]\n', "primary is a reading's name or a list"),
     ],
 )
 def test_bad_all_readings_and_primaries_are_errors(extra: str, message: str) -> None:
