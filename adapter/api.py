@@ -6,11 +6,11 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from adapter import httpserver
-from adapter.history import HistoryStore, average_answer
+from adapter.history import HistoryStore, average_answer, format_stamp
 from adapter.httpserver import Request, Response, Router, error_response, json_response
 from adapter.mapping import MappingSet
 from adapter.mappingcheck import explain_result
@@ -183,19 +183,38 @@ class Api:
 
     # --- handlers ------------------------------------------------------------------------
 
-    @staticmethod
-    def _device_view(now: Snapshot, uri: str, stored: dict[str, Any] | None) -> dict[str, Any]:
+    def _device_view(
+        self, now: Snapshot, uri: str, stored: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """One physical device: its readings merged across its topics and partial updates
+        (value, unit, time), the on/off state of each channel, availability, commands."""
         platform = now.platform
         managed = platform.devices.get(uri)
         row = stored or {}
+        device_type = managed.device_type if managed else row.get("type", "")
+        readings = {
+            name: {
+                "value": entry.get("value"),
+                "unit": entry.get("unit"),
+                "time": format_stamp(entry["ts"])
+                if isinstance(entry.get("ts"), int | float)
+                else None,
+            }
+            for name, entry in sorted(row.get("readings", {}).items())
+            if isinstance(entry, dict)
+        }
         view = {
             "uri": uri,
             "name": managed.name if managed else row.get("name", ""),
-            "type": managed.device_type if managed else row.get("type", ""),
+            "type": device_type,
+            "family": family_of(uri, self.mappings().prefix),
             "online": now.pipeline.online.get(uri),
             "last_seen": row.get("last_seen"),
-            "last_readings": row.get("last_readings", {}),
+            "readings": readings,
+            "channels": channels_of(readings),
             "primary": row.get("primary"),
+            "commands": self.mappings().commands_of(uri, device_type or None),
+            "last_readings": row.get("last_readings", {}),
             "attached": uri in platform.attached,
             "quarantined": uri in platform.quarantined,
         }
@@ -302,3 +321,19 @@ def _response(answer: Answer) -> Response:
 
 def _refused() -> Response:
     return error_response(401, "a bearer token is required")
+
+
+def family_of(uri: str, prefix: str) -> str:
+    """The family of a device: its uri's namespace (D11), after DEVICE_PREFIX."""
+    if prefix and uri.startswith(prefix + ":"):
+        uri = uri[len(prefix) + 1 :]
+    return uri.split(":", 1)[0] if ":" in uri else ""
+
+
+def channels_of(readings: Mapping[str, Mapping[str, Any]]) -> dict[str, bool | None]:
+    """The on/off state of each channel: the readings `state` and `state_<channel>`."""
+    return {
+        name: None if entry.get("value") is None else entry["value"] != 0
+        for name, entry in readings.items()
+        if name == "state" or name.startswith("state_")
+    }

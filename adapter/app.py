@@ -34,6 +34,7 @@ from adapter.mqtt import MqttLink, stable_client_id
 from adapter.outbox import Outbox
 from adapter.pipeline import Pipeline, Replies
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
+from adapter.stateupgrade import upgrade_state_dir
 from adapter.status import PlatformStatus, StatusBoard
 
 log = logging.getLogger("adapter")
@@ -99,6 +100,7 @@ async def run(settings: Settings, mappings: MappingSet) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     # Versions up to 0.1.0 kept compiled mapping files here; nothing reads them any more.
     shutil.rmtree(state_dir / "mappings-cache", ignore_errors=True)
+    upgrade_state_dir(state_dir)
     client_id = settings.mqtt_client_id or stable_client_id(state_dir)
     discovery = None
     if settings.discovery_tasmota is not None or settings.discovery_homeassistant is not None:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, NamedTuple
 import anyio
 
 from adapter import fastjson
+from adapter.mapping.renames import device_of, physical_device, reading_of
 from adapter.migrations import Migration, open_versioned
 from adapter.sqlitedb import transaction
 
@@ -74,6 +76,19 @@ MIGRATIONS = (
         "new readings staged in a table without index, folded into readings in bulk",
         "CREATE TABLE IF NOT EXISTS readings_recent ("
         " device TEXT NOT NULL, name TEXT NOT NULL, ts REAL NOT NULL, value REAL NOT NULL);",
+    ),
+    Migration(
+        3,
+        "each reading's unit; each device's readings with unit and time; one device per"
+        " physical device (the split uris of the bundled Shelly and ESPHome files re-keyed,"
+        " renamed readings renamed, Shelly energy converted to kWh)",
+        "ALTER TABLE readings ADD COLUMN unit TEXT;"
+        " ALTER TABLE readings_recent ADD COLUMN unit TEXT;"
+        " ALTER TABLE devices ADD COLUMN readings TEXT NOT NULL DEFAULT '{}';"
+        " DROP INDEX IF EXISTS readings_cover;"
+        # Covering, with the unit: an average takes the readings of the device's unit.
+        " CREATE INDEX readings_cover ON readings(device, name, unit, ts, value);",
+        function=lambda db: _one_device_per_physical_device(db),
     ),
 )
 
@@ -202,11 +217,19 @@ class HistoryStore:
         newest: dict[str, Reading] = {}
         with_primary: dict[str, Reading] = {}
         merged: dict[str, dict[str, float]] = {}
+        described: dict[str, dict[str, dict[str, Any]]] = {}
         for item in sorted(batch, key=lambda r: r.ts):
             uri = item.device
             newest[uri] = item
             if item.values:
                 merged.setdefault(uri, {}).update(item.values)
+                units = item.units or {}
+                state = described.setdefault(uri, {})
+                for name, value in item.values.items():
+                    entry: dict[str, Any] = {"value": value, "ts": item.ts}
+                    if name in units:
+                        entry["unit"] = units[name]
+                    state[name] = entry
             if item.primary:
                 with_primary[uri] = item
         latest = [
@@ -217,6 +240,7 @@ class HistoryStore:
                 with_primary.get(uri, item).primary,
                 item.ts,
                 fastjson.dumps_text(merged.get(uri, {})),
+                fastjson.dumps_text(described.get(uri, {})),
             )
             for uri, item in newest.items()
         ]
@@ -227,11 +251,28 @@ class HistoryStore:
             self._staged += self.db.executemany(
                 "INSERT INTO readings_recent (device, name, ts, value)"
                 " SELECT ?, key, ?, value FROM json_each(?)",
-                [(r.device, r.ts, fastjson.dumps_text(r.values)) for r in batch if r.values],
+                [
+                    (r.device, r.ts, fastjson.dumps_text(r.values))
+                    for r in batch
+                    if r.values and not r.units
+                ],
+            ).rowcount
+            # Readings with units: each value beside its unit, the two JSON objects joined
+            # by the reading's name.
+            self._staged += self.db.executemany(
+                "INSERT INTO readings_recent (device, name, ts, value, unit)"
+                " SELECT ?, v.key, ?, v.value, u.value FROM json_each(?) AS v"
+                " LEFT JOIN json_each(?) AS u ON u.key = v.key",
+                [
+                    (r.device, r.ts, fastjson.dumps_text(r.values), fastjson.dumps_text(r.units))
+                    for r in batch
+                    if r.values and r.units
+                ],
             ).rowcount
             self.db.executemany(
-                "INSERT INTO devices (uri, name, type, primary_reading, last_seen, last_readings)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
+                "INSERT INTO devices"
+                " (uri, name, type, primary_reading, last_seen, last_readings, readings)"
+                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
                 " name = excluded.name, type = excluded.type,"
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
                 # An older message arriving later keeps the newest state.
@@ -239,7 +280,11 @@ class HistoryStore:
                 " last_readings = CASE WHEN excluded.last_readings = '{}' THEN last_readings"
                 " WHEN excluded.last_seen < last_seen"
                 " THEN json_patch(excluded.last_readings, last_readings)"
-                " ELSE json_patch(last_readings, excluded.last_readings) END",
+                " ELSE json_patch(last_readings, excluded.last_readings) END,"
+                " readings = CASE WHEN excluded.readings = '{}' THEN readings"
+                " WHEN excluded.last_seen < last_seen"
+                " THEN json_patch(excluded.readings, readings)"
+                " ELSE json_patch(readings, excluded.readings) END",
                 latest,
             )
 
@@ -250,8 +295,9 @@ class HistoryStore:
         """Move the staged readings into the indexed table; returns how many."""
         with transaction(self.db):
             moved = self.db.execute(
-                "INSERT INTO readings (device, name, ts, value) SELECT device, name, ts, value"
-                " FROM readings_recent ORDER BY device, name, ts, value"
+                "INSERT INTO readings (device, name, unit, ts, value)"
+                " SELECT device, name, unit, ts, value"
+                " FROM readings_recent ORDER BY device, name, unit, ts, value"
             ).rowcount
             self.db.execute("DELETE FROM readings_recent")
         self._staged = 0
@@ -269,17 +315,12 @@ class HistoryStore:
     # --- reading -------------------------------------------------------------------------
 
     def devices(self) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT uri, name, type, primary_reading, last_seen, last_readings FROM devices"
-            " ORDER BY uri"
-        ).fetchall()
+        rows = self.db.execute(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY uri").fetchall()
         return [_device_row(r) for r in rows]
 
     def device(self, uri: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT uri, name, type, primary_reading, last_seen, last_readings FROM devices"
-            " WHERE uri = ?",
-            (uri,),
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE uri = ?", (uri,)
         ).fetchone()
         return None if row is None else _device_row(row)
 
@@ -290,10 +331,13 @@ class HistoryStore:
         name = query.measurement or device["primary"]
         if name is None:
             return []
+        # The readings in the unit the device reports now: a device whose unit changed
+        # (TempUnit set to F) never averages °C with °F.
+        unit = self._current_unit(uri, name)
         now = time.time() if now is None else now
         start = 0.0 if query.window is None else now - query.window
-        where = "device = ? AND name = ? AND ts >= ? AND ts <= ?"
-        args: tuple[Any, ...] = (uri, name, start, now)
+        where = "device = ? AND name = ? AND unit IS ? AND ts >= ? AND ts <= ?"
+        args: tuple[Any, ...] = (uri, name, unit, start, now)
         source = f"readings WHERE {where}"
         staged = self.db.execute(
             "SELECT EXISTS (SELECT 1 FROM readings_recent WHERE device = ? AND name = ?)",
@@ -322,6 +366,18 @@ class HistoryStore:
         ).fetchall()
         return [_row(b, avg, count) for b, avg, count in rows]
 
+    def _current_unit(self, uri: str, name: str) -> str | None:
+        """The unit of the newest reading `name` of the device (one index seek per unit)."""
+        newest: tuple[float, str | None] | None = None
+        for table in ("readings", "readings_recent"):
+            for unit, ts in self.db.execute(
+                f"SELECT unit, MAX(ts) FROM {table} WHERE device = ? AND name = ? GROUP BY unit",
+                (uri, name),
+            ):
+                if newest is None or ts > newest[0]:
+                    newest = (ts, unit)
+        return None if newest is None else newest[1]
+
 
 class Reading(NamedTuple):
     """The numeric readings of one message of one device (a tuple: one per message)."""
@@ -332,6 +388,7 @@ class Reading(NamedTuple):
     primary: str | None = None
     name: str = ""
     device_type: str = ""
+    units: Mapping[str, str] | None = None  # the unit of each reading that has one
 
 
 def readings_from_metadata(device: str, metadata: str, fallback_ts: float) -> Reading | None:
@@ -350,7 +407,13 @@ def readings_from_metadata(device: str, metadata: str, fallback_ts: float) -> Re
         with contextlib.suppress(ValueError):
             ts = datetime.fromisoformat(body["time"].replace("Z", "+00:00")).timestamp()
     primary = body.get("primary") if isinstance(body.get("primary"), str) else None
-    return Reading(device, ts, values, primary)
+    units = body.get("units")
+    units = (
+        {str(k): v for k, v in units.items() if isinstance(v, str) and str(k) in values}
+        if isinstance(units, dict)
+        else None
+    )
+    return Reading(device, ts, values, primary, units=units or None)
 
 
 def _finite(value: Any) -> float | None:
@@ -368,8 +431,11 @@ def _row(bucket: float, average: float, count: int) -> dict[str, Any]:
     return {"time_stamp": format_stamp(bucket), "result": float(average), "data_points": count}
 
 
+DEVICE_COLUMNS = "uri, name, type, primary_reading, last_seen, last_readings, readings"
+
+
 def _device_row(row: Iterable[Any]) -> dict[str, Any]:
-    uri, name, type_, primary, last_seen, last_readings = row
+    uri, name, type_, primary, last_seen, last_readings, readings = row
     return {
         "uri": uri,
         "name": name,
@@ -377,7 +443,94 @@ def _device_row(row: Iterable[Any]) -> dict[str, Any]:
         "primary": primary,
         "last_seen": None if last_seen is None else format_stamp(last_seen),
         "last_readings": json.loads(last_readings),
+        # name -> {"value", "unit" (when known), "ts" (epoch seconds)}
+        "readings": json.loads(readings),
     }
+
+
+def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
+    """Migration 3's data: readings of the old split uris re-keyed to their physical
+    device, renamed readings renamed, values converted where the unit changed (Shelly
+    energy Wh -> kWh), units set where the family's are known; the device rows merged."""
+    pairs = db.execute(
+        "SELECT DISTINCT device, name FROM readings"
+        " UNION SELECT DISTINCT device, name FROM readings_recent"
+    ).fetchall()
+    for device, name in pairs:
+        renamed = reading_of(device, name)
+        if renamed == (device, name, 1.0, None):
+            continue
+        for table in ("readings", "readings_recent"):
+            db.execute(
+                f"UPDATE {table} SET device = ?, name = ?, value = value * ?, unit = ?"
+                " WHERE device = ? AND name = ?",
+                (*renamed, device, name),
+            )
+    # Each device's state rebuilt from its history: the newest value of every reading (the
+    # devices table of those versions kept only the last message's readings).
+    latest: dict[str, dict[str, dict[str, Any]]] = {}
+    for table in ("readings", "readings_recent"):
+        for device, name, value, unit, ts in db.execute(
+            f"SELECT device, name, value, unit, MAX(ts) FROM {table} GROUP BY device, name"
+        ):
+            known = latest.setdefault(device, {}).get(name)
+            if known is None or known["ts"] <= ts:
+                entry: dict[str, Any] = {"value": value, "ts": ts}
+                if unit is not None:
+                    entry["unit"] = unit
+                latest[device][name] = entry
+    rows = db.execute(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY last_seen").fetchall()
+    merged: dict[str, list[Any]] = {}
+    for uri, name, type_, primary, last_seen, _, _ in rows:
+        target = device_of(uri)
+        new_uri = target[0] if target is not None else uri
+        candidate = None if primary is None else reading_of(uri, primary).name
+        if new_uri not in merged:
+            if target is not None:  # named as the new rules name it, until its next message
+                _, name, type_, _ = physical_device(uri, name, type_, ())
+            merged[new_uri] = [new_uri, name, type_, candidate, last_seen]
+            continue
+        row = merged[new_uri]
+        if _primary_rank(candidate) < _primary_rank(row[3]):
+            row[3] = candidate
+        if last_seen is not None and (row[4] is None or last_seen > row[4]):
+            row[4] = last_seen
+    for row in merged.values():
+        # The bundled files' preference (power, then temperature) for their families: the
+        # old rules' primary was whichever reading the device's last message had.
+        readings = latest.get(row[0], {})
+        if _BUNDLED_FAMILY.match(row[0]):
+            row[3] = next((n for n in ("power", "temperature") if n in readings), row[3])
+    db.execute("DELETE FROM devices")
+    db.executemany(
+        f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+        [
+            (
+                uri,
+                name,
+                type_,
+                primary,
+                seen,
+                json.dumps({k: v["value"] for k, v in latest.get(uri, {}).items()}),
+                json.dumps(latest.get(uri, {})),
+            )
+            for uri, name, type_, primary, seen in merged.values()
+        ],
+    )
+
+
+_BUNDLED_FAMILY = re.compile(r"^(?:[^:]*:)*?(?:shelly|esphome|tasmota):")
+
+
+def _primary_rank(name: str | None) -> int:
+    """The primary of a merged device: its power, else its temperature, else another
+    reading; never a relay's state or the Shelly's own temperature if there is more."""
+    if name is None:
+        return 9
+    order = ("power", "temperature", "energy")
+    if name in order:
+        return order.index(name)
+    return 8 if name.startswith("state") or name == "device_temperature" else 5
 
 
 class HistoryWriter:

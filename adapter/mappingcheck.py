@@ -143,6 +143,13 @@ def check(args: argparse.Namespace) -> int:
         print(f"\ndevices remembered in {args.state_dir}: {len(known)}")
         for device in sorted(known.values(), key=lambda d: d.uri):
             print(f"  {device.uri}: {device.name} ({device.device_type})")
+            now = mappings.device_type_of(device.uri)
+            if now is not None and now != device.device_type:
+                print(
+                    f"  warning: {device.uri} is registered as {device.device_type} but the"
+                    f" mappings make it {now}; a put does not change a device's type on the"
+                    f" platform: delete it there or keep device_type {device.device_type}"
+                )
     warnings = placeholder_warnings(mappings)
     overlaps = mappings.overlaps()
     if overlaps:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from adapter.mapping.renames import physical_device, reading_of
 from adapter.migrations import Migration, open_versioned
 from adapter.sepl.device import Device
 from adapter.sqlitedb import transaction
@@ -54,7 +56,15 @@ CREATE TABLE IF NOT EXISTS retained (
 # Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release.
 # Do not edit it or any released migration; append one for every change, and
 # tests/integration/test_migrations.py checks that files of every earlier version open.
-MIGRATIONS = (Migration(1, "outbox, dead letters and retained payloads", SCHEMA),)
+MIGRATIONS = (
+    Migration(1, "outbox, dead letters and retained payloads", SCHEMA),
+    Migration(
+        2,
+        "events of the split uris of the bundled Shelly and ESPHome files re-keyed to their"
+        " physical device, their metadata's readings renamed and converted (issue [12])",
+        function=lambda db: _one_device_per_physical_device(db),
+    ),
+)
 
 COLUMNS = "seq, created, device, device_uri, service, data, metadata, rule, attempts"
 
@@ -370,3 +380,55 @@ class Outbox:
                     (topic, digest),
                 )
         return True
+
+
+def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
+    """Queued and dead-lettered events of `shelly:<id>/relay/<n>` and the like go to their
+    physical device, with the readings in their metadata named and counted as the new
+    mappings do, so relay 1's power never lands in the device's `power`. `data` stays the
+    payload as published (D10)."""
+    for table, key in (("outbox", "seq"), ("deadletters", "id")):
+        rows = db.execute(f"SELECT {key}, device, metadata FROM {table}").fetchall()
+        for row_id, device_text, metadata in rows:
+            try:
+                row = json.loads(device_text)
+                old_uri = row["uri"]
+                tags = tuple((str(k), str(v)) for k, v in row.get("tags", []))
+                uri, name, device_type, tags = physical_device(
+                    old_uri, row["name"], row["type"], tags
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # a row this code cannot read is sent (or listed) as it is
+            new_metadata = _renamed_metadata(old_uri, metadata)
+            if uri == old_uri and new_metadata == metadata:
+                continue
+            device = Device(uri, name, device_type, tags)
+            db.execute(
+                f"UPDATE {table} SET device = ?, device_uri = ?, metadata = ? WHERE {key} = ?",
+                (_device_json(device), uri, new_metadata, row_id),
+            )
+
+
+def _renamed_metadata(uri: str, metadata: str) -> str:
+    try:
+        body = json.loads(metadata)
+    except ValueError:
+        return metadata
+    if not isinstance(body, dict) or not isinstance(body.get("readings"), dict):
+        return metadata
+    readings: dict[str, Any] = {}
+    units: dict[str, str] = dict(body.get("units") or {})
+    for name, value in body["readings"].items():
+        renamed = reading_of(uri, name)
+        number = value * renamed.factor if isinstance(value, int | float) else value
+        readings[renamed.name] = number
+        if renamed.unit is not None:
+            units[renamed.name] = renamed.unit
+    changed = {**body, "readings": readings}
+    if isinstance(body.get("primary"), str):
+        changed["primary"] = reading_of(uri, body["primary"]).name
+    if units:
+        changed["units"] = units
+    if changed == body:
+        return metadata
+    return json.dumps(changed, ensure_ascii=False, separators=(",", ":"))

@@ -247,6 +247,7 @@ class Pipeline:
                     outcome.primary,
                     device.name,
                     device.device_type,
+                    outcome.units,
                 )
             )
             events.append(

@@ -125,6 +125,8 @@ def expand(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# ESPHome's switches and lights are channels of the node: readings state_<object id>.
+_CHANNELS = ("switch", "light")
 # ESPHome's discovered rules win over esphome.yaml's catch-alls (-2), which name the same
 # readings but know no units; they stay below every fixed-root bundled rule.
 ESPHOME_PRIORITY = -1
@@ -296,8 +298,8 @@ def _entity(
     state = _state(build, label, component, config)
     if state is not None:
         topic, template, on, off = state
-        if identity.per_entity:
-            name = reading_name([object_id])  # as esphome.yaml names it: {object}
+        if identity.per_entity:  # as esphome.yaml names it: {object}, state_{object}
+            name = reading_name(["state", object_id] if component in _CHANNELS else [object_id])
         else:
             name = reading_name(template.keys if template.json and template.keys else [object_id])
         path = on_off_path(f"({template.path})", on, off) if on_off else template.path

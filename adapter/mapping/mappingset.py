@@ -395,6 +395,33 @@ class MappingSet:
                     return True
         return False
 
+    def commands_of(self, device_uri: str, device_type: str | None) -> list[dict[str, str]]:
+        """The commands a device accepts: service, and the channels its data may name."""
+        found: dict[str, dict[str, str]] = {}
+        for rule in self.commands:
+            if rule.service in found:
+                continue
+            if device_type is not None and rule.device_type != device_type:
+                continue
+            if rule.device_values(device_uri, self.prefix) is None:
+                continue
+            entry = {"service": rule.service}
+            if rule.channel is not None:
+                entry["channel"] = rule.channel.pattern.pattern
+            found[rule.service] = entry
+        return list(found.values())
+
+    def device_type_of(self, device_uri: str) -> str | None:
+        """The device type the first rule that makes this device gives it (None: none)."""
+        if self.prefix:
+            if not device_uri.startswith(self.prefix + ":"):
+                return None
+            device_uri = device_uri[len(self.prefix) + 1 :]
+        for rule in self.rules:
+            if rule.forwards and template_regex(rule.device.uri).fullmatch(device_uri):
+                return rule.device.device_type
+        return None
+
     def _device_templates(self) -> list[tuple[int, dict[str, list[re.Pattern[str]]]]]:
         # Compiled once per set: a reload asks this for every known device, and building
         # each rule's regex each time cost 70 ms a device with 2,000 rules.

@@ -285,7 +285,20 @@ class Connector:
         managed = self.state.devices
         for device in devices:
             device.validate()
-            if managed.get(device.uri) != device:
+            known = managed.get(device.uri)
+            if known != device:
+                if known is not None and known.device_type != device.device_type:
+                    log.warning(
+                        "device %s was registered with type %s and is now of type %s: a put"
+                        " does not change a device's type on the platform (Part 2 §2.9);"
+                        " delete %s there (its history goes with it) or keep type %s in the"
+                        " mapping",
+                        device.uri,
+                        known.device_type,
+                        device.device_type,
+                        device.uri,
+                        known.device_type,
+                    )
                 managed[device.uri] = device
                 changed.append(device)
         if not changed:

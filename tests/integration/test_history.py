@@ -685,6 +685,32 @@ def test_sql_bucketing_matches_the_reference(
 # --- record, expire, readings_from_metadata ---------------------------------------------------
 
 
+def test_readings_keep_their_units_and_an_average_never_mixes_them(store: HistoryStore) -> None:
+    c, f = {"temperature": "°C"}, {"temperature": "°F"}
+    store.record(
+        [
+            Reading("t:dev", 100.0, {"temperature": 20.0}, "temperature", "T", "t", c),
+            Reading("t:dev", 200.0, {"temperature": 22.0, "humidity": 40.0}, None, "T", "t", c),
+        ]
+    )
+    device = store.device("t:dev")
+    assert device is not None
+    assert device["readings"] == {
+        "temperature": {"value": 22.0, "unit": "°C", "ts": 200.0},
+        "humidity": {"value": 40.0, "ts": 200.0},  # no unit known: none given
+    }
+    everything = Query(None, "all", None)
+    assert store.average("t:dev", everything, now=1000.0)[0]["result"] == 21.0
+    # The device's TempUnit changed: the average takes the readings in its unit now.
+    store.record([Reading("t:dev", 300.0, {"temperature": 77.0}, None, "T", "t", f)])
+    store.fold()
+    assert store.average("t:dev", everything, now=1000.0) == [
+        {"time_stamp": "1970-01-01T00:05:00.000Z", "result": 77.0, "data_points": 1}
+    ]
+    humidity = Query(None, "all", "humidity")
+    assert store.average("t:dev", humidity, now=1000.0)[0]["result"] == 40.0
+
+
 def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> None:
     store.record([])
     assert store.devices() == []
@@ -703,6 +729,10 @@ def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> No
             "primary": "power",
             "last_seen": "1970-01-01T00:05:00.000Z",
             "last_readings": {"power": 3.0, "voltage": 230.0},
+            "readings": {
+                "power": {"value": 3.0, "ts": 300.0},
+                "voltage": {"value": 230.0, "ts": 300.0},
+            },
         },
         {
             "uri": "b:dev",
@@ -711,6 +741,7 @@ def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> No
             "primary": "power",
             "last_seen": "1970-01-01T00:01:40.000Z",
             "last_readings": {"power": 1.0},
+            "readings": {"power": {"value": 1.0, "ts": 100.0}},
         },
     ]
     # A later batch carrying an older message keeps the newest state ...
@@ -740,6 +771,11 @@ def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> No
         "primary": "energy",
         "last_seen": "1970-01-01T00:08:20.000Z",
         "last_readings": {"power": 4.0, "voltage": 230.0, "energy": 7.0},
+        "readings": {  # each with the time of the message that brought it
+            "power": {"value": 4.0, "ts": 500.0},
+            "voltage": {"value": 230.0, "ts": 300.0},
+            "energy": {"value": 7.0, "ts": 500.0},
+        },
     }
     # An older message arriving later only fills in what the device has not sent since.
     store.record([Reading("a:dev", 450.0, {"power": 1.0, "current": 0.5}, None, "A2", "type-a")])
@@ -751,6 +787,8 @@ def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> No
         "energy": 7.0,
         "current": 0.5,
     }
+    assert device["readings"]["current"] == {"value": 0.5, "ts": 450.0}
+    assert device["readings"]["power"] == {"value": 4.0, "ts": 500.0}
     # Within one batch too, in the order of the messages' times.
     store.record(
         [

@@ -472,7 +472,7 @@ EVENTS = [
         "livingroom",
         "iot#esphome-node",
         "state",
-        {"my_relay": 1},
+        {"state_my_relay": 1},
         None,
     ),
     Event(

@@ -771,10 +771,10 @@ def test_esphome_switch_states_and_commands() -> None:
     assert (on.device.uri, on.service, on.readings) == (
         "esphome:livingroom",
         "state",
-        {"my_relay": 1.0},
+        {"state_my_relay": 1.0},
     )
     assert mapped(mappings.map("livingroom/switch/my_relay/state", b"OFF", NOW)).readings == {
-        "my_relay": 0.0
+        "state_my_relay": 0.0
     }
     for service, payload in (("on", "ON"), ("off", "OFF"), ("toggle", "TOGGLE")):
         plan = mappings.plan_command("esphome:livingroom", service + "_my_relay", "")
