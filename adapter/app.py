@@ -103,12 +103,20 @@ async def run(settings: Settings, mappings: MappingSet) -> None:
     upgrade_state_dir(state_dir)
     client_id = settings.mqtt_client_id or stable_client_id(state_dir)
     discovery = None
-    if settings.discovery_tasmota is not None or settings.discovery_homeassistant is not None:
+    if any(
+        prefix is not None
+        for prefix in (
+            settings.discovery_tasmota,
+            settings.discovery_homeassistant,
+            settings.discovery_zigbee2mqtt,
+        )
+    ):
         discovery = DiscoverySource(
             settings.discovery_tasmota,
             settings.discovery_homeassistant,
             state_dir,
             settings.discovery_settle,
+            settings.discovery_zigbee2mqtt,
         )
     live = LiveMappings(settings.mappings_dir, settings.device_prefix, mappings, discovery)
     mqtt = MqttLink(settings, client_id, live.filters(), state_dir=state_dir)

@@ -117,6 +117,7 @@ class Settings:
     discovery_tasmota: str | None = "tasmota/discovery"
     discovery_homeassistant: str | None = "homeassistant"
     discovery_settle: float = 30.0
+    discovery_zigbee2mqtt: str | None = "zigbee2mqtt"
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -431,6 +432,15 @@ SPECS: tuple[_Spec, ...] = (
         "text",
         "log lines: text, or json (one JSON object a line) for machines",
         "FORMAT",
+    ),
+    # Added after configuration.md's list (issue [12]).
+    _Spec(
+        "DISCOVERY_ZIGBEE2MQTT",
+        _discovery_prefix,
+        "zigbee2mqtt",
+        "Zigbee2MQTT base topic whose retained bridge/devices list gives devices, units and"
+        " commands, or off",
+        "TOPIC",
     ),
 )
 BY_ENV = {spec.env: spec for spec in SPECS}

@@ -74,6 +74,7 @@ def _load(args: argparse.Namespace) -> MappingSet | None:
             os.environ.get("DISCOVERY_TASMOTA", "tasmota/discovery"),
             os.environ.get("DISCOVERY_HOMEASSISTANT", "homeassistant"),
             args.state_dir,
+            z2m_base=os.environ.get("DISCOVERY_ZIGBEE2MQTT", "zigbee2mqtt"),
         )
         mappings = source.merged(mappings)
         args.discovery_notes = source.notes

@@ -125,6 +125,25 @@ def expand(payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# Above reserved.yaml's ignore rule for homeassistant/# (-1).
+HA_NAMESPACE_PRIORITY = 0
+
+
+def _measured(component: str, object_id: str, config: Mapping[str, Any]) -> str:
+    """A reading's name for a bare `{{ value }}`: what it measures (the device class,
+    `temperature`), else the entity's name (`Outdoor temperature`), else the object id
+    (rtl_433's `acurite_tower_a_1234_t` names nothing a reader understands)."""
+    device_class = config.get("device_class")
+    if isinstance(device_class, str) and device_class not in ("", "None"):
+        return reading_name([device_class])
+    if component in _CHANNELS:  # a channel, as its commands name it: on_<object id>
+        return "state" if object_id == component else reading_name(["state", object_id])
+    name = config.get("name")
+    if isinstance(name, str) and name.strip():
+        return reading_name([name])
+    return reading_name([object_id])
+
+
 # ESPHome's switches and lights are channels of the node: readings state_<object id>.
 _CHANNELS = ("switch", "light")
 # ESPHome's discovered rules win over esphome.yaml's catch-alls (-2), which name the same
@@ -200,7 +219,7 @@ def ha_rules(
     for platform, entity_id, config in entities:
         identity = _identity(platform, node_id, entity_id, config, types)
         first = first or identity
-        _entity(build, platform, entity_id, config, identity)
+        _entity(build, platform, entity_id, config, identity, prefix)
     if first is None:
         return build.result(family="homeassistant")
     device = first.device
@@ -287,6 +306,7 @@ def _entity(
     object_id: str,
     config: Mapping[str, Any],
     identity: _Identity,
+    prefix: str = HA_DISCOVERY_PREFIX,
 ) -> None:
     label = f"{component} {object_id!r}"
     if component not in SUPPORTED_COMPONENTS:
@@ -300,8 +320,10 @@ def _entity(
         topic, template, on, off = state
         if identity.per_entity:  # as esphome.yaml names it: {object}, state_{object}
             name = reading_name(["state", object_id] if component in _CHANNELS else [object_id])
+        elif template.json and template.keys:  # value_json.temperature: as the payload says
+            name = reading_name(template.keys)
         else:
-            name = reading_name(template.keys if template.json and template.keys else [object_id])
+            name = _measured(component, object_id, config)
         path = on_off_path(f"({template.path})", on, off) if on_off else template.path
         reading: Document = {"path": path}
         unit = text(config.get("unit_of_measurement"))
@@ -313,6 +335,10 @@ def _entity(
         rule: Document = {"topic": topic, "device": device, "service": service, "payload": kind}
         if identity.per_entity:
             rule["priority"] = ESPHOME_PRIORITY
+        elif topic.startswith(prefix + "/"):
+            # A state topic under homeassistant/ (as HA's own examples place them): taken
+            # before reserved.yaml drops the namespace, because a config names it.
+            rule["priority"] = HA_NAMESPACE_PRIORITY
         if not build.rule(build.key, {**rule, "readings": {name: reading}}):
             state = None  # the commands wait for no reply on a topic no rule can take
     if component in ("switch", "light", "number"):

@@ -15,6 +15,7 @@ from adapter.discovery.generated import DiscoveryError, GeneratedDevice
 from adapter.discovery.homeassistant import ha_rules
 from adapter.discovery.merge import merge
 from adapter.discovery.tasmota import tasmota_rules
+from adapter.discovery.zigbee2mqtt import devices_topic, z2m_rules
 from adapter.mapping import MappingSet
 from adapter.statefile import write_atomically
 
@@ -31,6 +32,7 @@ class DiscoverySource:
     ha_prefix: str | None
     state_dir: Path | None = None
     settle: float = 30.0
+    z2m_base: str | None = None  # Zigbee2MQTT's base topic: <base>/bridge/devices is read
     payloads: dict[str, str] = field(default_factory=dict)  # discovery topic -> payload
     generated: dict[str, GeneratedDevice] = field(default_factory=dict)  # key -> device
     notes: list[str] = field(default_factory=list)
@@ -53,7 +55,7 @@ class DiscoverySource:
 
     @property
     def enabled(self) -> bool:
-        return self.tasmota_prefix is not None or self.ha_prefix is not None
+        return any(p is not None for p in (self.tasmota_prefix, self.ha_prefix, self.z2m_base))
 
     @property
     def _state_path(self) -> Path | None:
@@ -65,9 +67,13 @@ class DiscoverySource:
             filters += [f"{self.tasmota_prefix}/+/config", f"{self.tasmota_prefix}/+/sensors"]
         if self.ha_prefix is not None:
             filters += [f"{self.ha_prefix}/+/+/config", f"{self.ha_prefix}/+/+/+/config"]
+        if self.z2m_base is not None:
+            filters.append(devices_topic(self.z2m_base))
         return filters
 
     def owns(self, topic: str) -> bool:
+        if self.z2m_base is not None and topic == devices_topic(self.z2m_base):
+            return True
         if self.tasmota_prefix is not None and topic.startswith(self.tasmota_prefix + "/"):
             rest = topic[len(self.tasmota_prefix) + 1 :].split("/")
             return len(rest) == 2 and rest[1] in ("config", "sensors")
@@ -101,6 +107,8 @@ class DiscoverySource:
         return topic
 
     def _regenerate(self, topic: str) -> bool:
+        if self.z2m_base is not None and topic == devices_topic(self.z2m_base):
+            return self._regenerate_list(topic)
         key = self._key(topic)
         before = self.generated.get(key)
         try:
@@ -120,6 +128,24 @@ class DiscoverySource:
         elif device is not None and before is None:
             log.info("discovered device %s from %s", device.uri, key)
         return before != device
+
+    def _regenerate_list(self, topic: str) -> bool:
+        """Zigbee2MQTT's device list: one key per device (`<topic>#<ieee address>`); a
+        device that left the list is removed like a removed discovery config."""
+        made = {d.key: d for d in z2m_rules(_json(self.payloads.get(topic)), self.z2m_base or "")}
+        before = {k: d for k, d in self.generated.items() if k.startswith(topic + "#")}
+        for key, device in before.items():
+            if key not in made:
+                del self.generated[key]
+                self._removed += device.device_uris
+                log.info("discovered device %s removed (%s)", device.uri, topic)
+        for key, device in made.items():
+            if key not in before:
+                log.info("discovered device %s from %s", device.uri, topic)
+            for problem in device.problems:
+                log.warning("discovery %s: %s", key, problem)
+            self.generated[key] = device
+        return made != before
 
     def _build(self, key: str) -> GeneratedDevice | None:
         if self.tasmota_prefix is not None and key.startswith(self.tasmota_prefix + "/"):

@@ -65,6 +65,7 @@ CONFIGURATION_NAMES = [
     "DISCOVERY_SETTLE",
     "LOGLEVEL",
     "LOGFORMAT",  # ours: issue [9], JSON lines for machines
+    "DISCOVERY_ZIGBEE2MQTT",  # ours: issue [12], Zigbee2MQTT's device list
 ]
 
 
@@ -128,6 +129,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("forward_retained", "changed"),
     ("loglevel", "info"),
     ("logformat", "text"),
+    ("discovery_zigbee2mqtt", "zigbee2mqtt"),
 ]
 
 

@@ -981,7 +981,7 @@ def test_generic_switch_light_number() -> None:
     assert (device.uri, device.name) == ("ha:entity/garden-irrigation-1", "garden")
     mappings = alone(device)
     assert mapped(mappings.map("homeassistant/switch/irrigation/state", b"on", NOW)).readings == {
-        "irrigation": 1.0
+        "state_irrigation": 1.0  # a channel, as its commands (on_irrigation) name it
     }
     plan = mappings.plan_command("ha:entity/garden-irrigation-1", "on_irrigation", "")
     assert plan is not None and (plan.topic, plan.payload) == (
@@ -1237,9 +1237,11 @@ def test_bundled_mappings_override_and_give_the_same_device() -> None:
     devices.append(ha_rules("homeassistant/switch/irrigation/config", irrigation))
     merged, notes = merge(bundled, devices)
     assert merged.files == bundled.files
-    # reserved.yaml keeps homeassistant/... from every rule below priority -1
-    assert merged.map("homeassistant/switch/irrigation/state", b"ON", NOW) is None
-    assert any(n.startswith("ignore rule 'reserved-homeassistant' (") for n in notes)
+    # reserved.yaml keeps homeassistant/... from the catch-alls, but a state topic there that
+    # a discovery config names is taken (HA's own examples put them there)
+    irrigation_state = mapped(merged.map("homeassistant/switch/irrigation/state", b"ON", NOW))
+    assert irrigation_state.readings == {"state_irrigation": 1.0}
+    assert merged.map("homeassistant/switch/other/state", b"ON", NOW) is None
     # the same platform device whichever rule takes the message
     assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).device.uri == "tasmota:pow1"
     assert mapped(merged.map("tele/pow1/SENSOR", POW_TELEMETRY, NOW)).rule.id == "tasmota-sensor"
@@ -1518,3 +1520,163 @@ def test_fuzzed_discovery_payloads_never_raise() -> None:
             merged.map(topic, rng.choice(payloads), NOW)
         for command in merged.commands[:5]:
             merged.plan_command(command.device, command.service, "x")
+
+
+# --- Home Assistant: names of what a reading measures ----------------------------------
+
+# rtl_433's discovery script (rtl_433_mqtt_hass.py): a bare {{ value }} per entity, object
+# ids that name the radio device, the quantity only in the device class.
+RTL433_BASE = "rtl_433/host/devices/Acurite-Tower/A/1234"
+RTL433_DEVICE = {
+    "identifiers": ["Acurite-Tower-A-1234"],
+    "name": "Acurite-Tower-A-1234",
+    "model": "Acurite-Tower",
+    "manufacturer": "rtl_433",
+}
+
+
+def test_ha_readings_are_named_by_device_class_or_entity_name() -> None:
+    temperature = {
+        "device_class": "temperature",
+        "name": "Temperature",
+        "state_topic": f"{RTL433_BASE}/temperature_C",
+        "unit_of_measurement": "°C",
+        "value_template": "{{ value|float }}",
+        "device": RTL433_DEVICE,
+    }
+    humidity = {
+        **temperature,
+        "device_class": "humidity",
+        "name": "Humidity",
+        "state_topic": f"{RTL433_BASE}/humidity",
+        "unit_of_measurement": "%",
+    }
+    rain = {  # no device class: the entity's name
+        **temperature,
+        "device_class": None,
+        "name": "Rain total",
+        "state_topic": f"{RTL433_BASE}/rain_mm",
+        "unit_of_measurement": "mm",
+    }
+    merged, notes = merge(
+        EMPTY,
+        [
+            ha_rules("homeassistant/sensor/acurite_tower_a_1234/acurite_tower_a_1234_t/config",
+                     temperature),
+            ha_rules("homeassistant/sensor/acurite_tower_a_1234/acurite_tower_a_1234_h/config",
+                     humidity),
+            ha_rules("homeassistant/sensor/acurite_tower_a_1234/acurite_tower_a_1234_r/config",
+                     rain),
+        ],
+    )  # fmt: skip
+    assert notes == []
+    uri = "ha:device/Acurite-Tower-A-1234"
+    event = mapped(merged.map(f"{RTL433_BASE}/temperature_C", b"21.4", NOW))
+    assert (event.device.uri, event.readings, event.units) == (
+        uri,
+        {"temperature": 21.4},
+        {"temperature": "°C"},
+    )
+    event = mapped(merged.map(f"{RTL433_BASE}/humidity", b"40", NOW))
+    assert (event.device.uri, event.readings, event.units) == (
+        uri,
+        {"humidity": 40.0},
+        {"humidity": "%"},
+    )
+    event = mapped(merged.map(f"{RTL433_BASE}/rain_mm", b"12.5", NOW))
+    assert (event.readings, event.units) == ({"rain_total": 12.5}, {"rain_total": "mm"})
+
+
+# --- Zigbee2MQTT: the retained bridge/devices list ----------------------------------------
+
+# Shapes of bridge/devices entries as the Zigbee2MQTT docs ("MQTT topics and messages",
+# zigbee2mqtt/bridge/devices; "Exposes") give them.
+Z2M_DEVICES = [
+    {"ieee_address": "0x00124b0000000000", "type": "Coordinator", "friendly_name": "Coordinator",
+     "definition": None},
+    {"ieee_address": "0xa4c1380000000001", "type": "Router", "friendly_name": "kitchen/plug",
+     "supported": True,
+     "definition": {"model": "TS011F_plug_1", "vendor": "TuYa",
+                    "description": "Smart plug (with power monitoring)",
+                    "exposes": [
+                        {"type": "switch", "features": [
+                            {"type": "binary", "name": "state", "property": "state", "access": 7,
+                             "value_on": "ON", "value_off": "OFF", "value_toggle": "TOGGLE"}]},
+                        {"type": "numeric", "name": "power", "property": "power", "access": 5,
+                         "unit": "W"},
+                        {"type": "numeric", "name": "voltage", "property": "voltage",
+                         "access": 5, "unit": "V"},
+                        {"type": "numeric", "name": "energy", "property": "energy",
+                         "access": 5, "unit": "kWh"},
+                        {"type": "enum", "name": "power_outage_memory",
+                         "property": "power_outage_memory", "access": 7,
+                         "values": ["on", "off", "restore"]},
+                        {"type": "numeric", "name": "linkquality", "property": "linkquality",
+                         "access": 1, "unit": "lqi"}]}},
+    {"ieee_address": "0x00158d0000000002", "type": "EndDevice", "friendly_name": "hall/door",
+     "definition": {"model": "MCCGQ11LM", "vendor": "Aqara",
+                    "exposes": [
+                        {"type": "binary", "name": "contact", "property": "contact",
+                         "access": 1, "value_on": False, "value_off": True},
+                        {"type": "numeric", "name": "battery", "property": "battery",
+                         "access": 1, "unit": "%"},
+                        {"type": "numeric", "name": "voltage", "property": "voltage",
+                         "access": 1, "unit": "mV"}]}},
+    {"ieee_address": "0x00158d0000000003", "type": "Router", "friendly_name": "dual",
+     "definition": {"model": "QBKG12LM", "vendor": "Aqara",
+                    "exposes": [
+                        {"type": "switch", "endpoint": "left", "features": [
+                            {"type": "binary", "name": "state", "property": "state_left",
+                             "access": 7, "value_on": "ON", "value_off": "OFF",
+                             "value_toggle": "TOGGLE", "endpoint": "left"}]},
+                        {"type": "numeric", "name": "power", "property": "power", "access": 5,
+                         "unit": "W"}]}},
+]  # fmt: skip
+
+
+def test_zigbee2mqtt_device_list_gives_units_and_commands(tmp_path: Path) -> None:
+    source = DiscoverySource(None, None, tmp_path, settle=0, z2m_base="zigbee2mqtt")
+    assert source.filters() == ["zigbee2mqtt/bridge/devices"]
+    assert source.owns("zigbee2mqtt/bridge/devices")
+    assert source.take("zigbee2mqtt/bridge/devices", json.dumps(Z2M_DEVICES).encode())
+    merged = source.merged(load_directory(REPO / "mappings"))
+    plug = mapped(
+        merged.map(
+            "zigbee2mqtt/kitchen/plug",
+            b'{"state":"ON","power":85.3,"energy":12.7,"voltage":231,"linkquality":120,'
+            b'"power_outage_memory":"restore","update":{"state":"idle"}}',
+            NOW,
+        )
+    )
+    assert plug.device.uri == "z2m:kitchen/plug"
+    assert plug.readings == {
+        "state": 1.0,
+        "power": 85.3,
+        "voltage": 231.0,
+        "energy": 12.7,
+        "linkquality": 120.0,
+    }
+    assert plug.units == {"power": "W", "voltage": "V", "energy": "kWh", "linkquality": "lqi"}
+    assert json.loads(plug.metadata)["primary"] == "power"
+    door = mapped(
+        merged.map("zigbee2mqtt/hall/door", b'{"contact":true,"battery":91,"voltage":3005}', NOW)
+    )
+    assert (door.readings, door.units) == (
+        {"contact": 0.0, "battery": 91.0, "voltage": 3005.0},  # contact true: closed, as exposed
+        {"battery": "%", "voltage": "mV"},
+    )
+    # A device the list does not name: zigbee2mqtt.yaml's rule.
+    other = mapped(merged.map("zigbee2mqtt/elsewhere", b'{"temperature":20}', NOW))
+    assert other.rule.id == "z2m-device"
+    # Writable properties become commands; a second endpoint's switch its own channel.
+    plan = merged.plan_command("z2m:kitchen/plug", "set_power_outage_memory", "restore", {})
+    assert plan is not None and (plan.topic, json.loads(plan.payload)) == (
+        "zigbee2mqtt/kitchen/plug/set",
+        {"power_outage_memory": "restore"},
+    )
+    plan = merged.plan_command("z2m:dual", "off_left", "", {})
+    assert plan is not None and json.loads(plan.payload) == {"state_left": "OFF"}
+    assert merged.plan_command("z2m:kitchen/plug", "on", "", {}) is not None  # the file's
+    # A device that leaves the list is removed.
+    assert source.take("zigbee2mqtt/bridge/devices", json.dumps(Z2M_DEVICES[:2]).encode())
+    assert sorted(source.take_removed()) == ["z2m:dual", "z2m:hall/door"]
