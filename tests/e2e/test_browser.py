@@ -248,7 +248,7 @@ def test_overview_and_devices_show_the_published_devices(
     row = browser.one('#devices tr[data-uri="tasmota:kitchen"]')
     cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
     assert cells[0] == "Tasmota kitchen" and cells[1] == "tasmota:kitchen"
-    assert cells[2] == "tasmota" and "42.5" in cells[5] and "power (primary)" in cells[5]
+    assert cells[2] == "tasmota" and "42.5 W" in cells[6] and "power (primary)" in cells[6]
     assert browser.one('a[data-nav="devices"]').get_attribute("aria-current") == "page"
     browser.one("#device-filter").send_keys("desk")
     browser.wait(lambda: len(browser.css("#devices tr[data-uri]")) == 1, "the filter")
@@ -300,6 +300,11 @@ def test_device_page_chart_matches_the_average_endpoint(
     assert browser.one("#chart svg.chart").get_attribute("role") == "img"
     assert browser.one("#chart-measurement").get_attribute("value") == "power"
     assert browser.text("#device-title") == "Tasmota plug1"
+    # Every reading with its unit and age, and the commands the device accepts.
+    power = browser.one('#device-readings li[data-reading="power"]').text
+    assert "power (primary)" in power and " W" in power
+    assert "ago" in power or "just now" in power
+    assert "on, off, toggle" in browser.text("#device-facts")
     assert len(browser.css("#chart svg.chart path.line")) == 1
     browser.screenshot("device-chart")
 

@@ -156,6 +156,48 @@ function stamp() {
 // --- shared bits -----------------------------------------------------------------------
 
 const family = (uri) => (uri.includes(":") ? uri.slice(0, uri.indexOf(":")) : "");
+const familyOf = (d) => d.family || family(d.uri);
+// The readings a device list shows first: what SEPL is for, then the usual climate.
+const KEY_READINGS = ["power", "energy", "temperature", "humidity", "co2", "illuminance", "voltage"];
+const KEY_COUNT = 4;
+
+/** "85.3 W" — a reading's value with its unit. */
+function withUnit(entry) {
+  const value = number(entry?.value);
+  return entry?.unit ? `${value} ${entry.unit}` : value;
+}
+
+/** The on/off state of each channel (state, state_2, state_relay ...) as badges. */
+function channelBadges(channels) {
+  const names = Object.keys(channels ?? {}).sort((a, b) => (a === "state" ? -1 : b === "state" ? 1 : a.localeCompare(b)));
+  if (!names.length) return el("span", { class: "muted" }, "–");
+  return names.map((name, i) => {
+    const label = name === "state" ? "" : `${name.slice(6)} `;
+    const on = channels[name];
+    const b = badge(on === true ? "good" : on === false ? "none" : "warn", `${label}${on === true ? "on" : on === false ? "off" : "?"}`);
+    b.dataset.channel = name;
+    return i ? [" ", b] : b;
+  });
+}
+
+/** The device's key readings with units: its primary first, then KEY_READINGS. */
+function keyReadings(d) {
+  const readings = d.readings ?? {};
+  const names = Object.keys(readings).filter((n) => !n.startsWith("state"));
+  const rank = (n) => (n === d.primary ? -1 : KEY_READINGS.includes(n) ? KEY_READINGS.indexOf(n) : 99);
+  names.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  const shown = names.slice(0, KEY_COUNT).map((name) =>
+    el(
+      "li",
+      {},
+      el("span", { class: "name" }, name === d.primary ? `${name} (primary)` : name),
+      " ",
+      el("strong", {}, withUnit(readings[name])),
+    ),
+  );
+  if (names.length > KEY_COUNT) shown.push(el("li", { class: "muted" }, `+${names.length - KEY_COUNT} more`));
+  return shown;
+}
 const deviceHref = (uri) => `#/device/${encodeURIComponent(uri)}`;
 
 function onlineBadge(online) {
@@ -325,7 +367,7 @@ async function refreshOverview() {
 // --- devices ---------------------------------------------------------------------------
 
 function deviceText(d) {
-  return [d.name, d.uri, family(d.uri), ...Object.keys(d.last_readings ?? {})].join(" ").toLowerCase();
+  return [d.name, d.uri, familyOf(d), ...Object.keys(d.readings ?? d.last_readings ?? {})].join(" ").toLowerCase();
 }
 
 function renderDevices() {
@@ -343,7 +385,7 @@ function renderDevices() {
             { dataset: { uri: d.uri, key: d.uri } },
             el("td", { dataset: { label: "Name" } }, el("a", { href: deviceHref(d.uri) }, d.name || d.uri)),
             el("td", { class: "mono", dataset: { label: "URI" } }, d.uri),
-            el("td", { dataset: { label: "Family" } }, family(d.uri) || "–"),
+            el("td", { dataset: { label: "Family" } }, familyOf(d) || "–"),
             el(
               "td",
               { dataset: { label: "Online" } },
@@ -351,11 +393,12 @@ function renderDevices() {
               d.quarantined ? [" ", badge("warn", "quarantined")] : null,
             ),
             el("td", { dataset: { label: "Last seen" } }, timeAgo(d.last_seen)),
+            el("td", { dataset: { label: "On/off" } }, channelBadges(d.channels)),
             el(
               "td",
-              { dataset: { label: "Last readings" } },
-              Object.keys(d.last_readings ?? {}).length
-                ? el("ul", { class: "readings" }, readingItems(d.last_readings, d.primary))
+              { dataset: { label: "Readings" } },
+              Object.keys(d.readings ?? {}).length
+                ? el("ul", { class: "readings" }, keyReadings(d))
                 : el("span", { class: "muted" }, "none"),
             ),
           ),
@@ -365,7 +408,7 @@ function renderDevices() {
           {},
           el(
             "td",
-            { colspan: 6, class: "empty" },
+            { colspan: 7, class: "empty" },
             state.devices.length ? "No device matches the filter." : "No device yet.",
           ),
         ),
@@ -407,32 +450,68 @@ function writeChartHash() {
 function renderDevice(d) {
   $("device-title").textContent = d.name || d.uri;
   document.title = `${d.name || d.uri} · SEPL MQTT adapter`;
+  const commands = (d.commands ?? []).map((c) =>
+    el("span", { class: "mono", title: c.channel ? `the data names the channel: ${c.channel}` : "" }, c.service),
+  );
   const facts = [
     ["URI", el("span", { class: "mono" }, d.uri)],
     ["Name", d.name || "–"],
     ["Device type", el("span", { class: "mono" }, d.type || "–")],
-    ["Family", family(d.uri) || "–"],
+    ["Family", familyOf(d) || "–"],
     ["Online", onlineBadge(d.online)],
+    ["On/off", channelBadges(d.channels)],
+    ["Commands", commands.length ? commands.flatMap((c, i) => (i ? [", ", c] : [c])) : "–"],
     ["Last seen", timeAgo(d.last_seen)],
     ["Attached to the platform", d.attached ? "yes" : "no"],
     ["Quarantined", d.quarantined ? badge("warn", d.quarantine_reason || "yes") : "no"],
     ["Primary reading", d.primary || "–"],
   ];
   fill($("device-facts"), facts.map(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]));
-  const items = readingItems(d.last_readings, d.primary);
+  const readings = d.readings ?? {};
+  const names = Object.keys(readings).sort((a, b) =>
+    a === d.primary ? -1 : b === d.primary ? 1 : a.localeCompare(b),
+  );
+  // Every reading with its unit and age; each opens its own chart.
+  const items = names.map((name) =>
+    el(
+      "li",
+      { dataset: { reading: name } },
+      el("span", { class: "name" }, name === d.primary ? `${name} (primary)` : name),
+      " ",
+      el("strong", {}, withUnit(readings[name])),
+      " ",
+      el("span", { class: "muted" }, timeAgo(readings[name].time)),
+      " ",
+      el("a", { href: "#chart-heading", class: "chart-link", dataset: { measurement: name } }, "chart"),
+    ),
+  );
   fill($("device-readings"), items.length ? items : el("li", { class: "empty" }, "No readings yet."));
 }
 
+$("device-readings").addEventListener("click", (event) => {
+  const link = event.target.closest("a.chart-link");
+  if (!link) return;
+  event.preventDefault();
+  $("chart-measurement").value = link.dataset.measurement;
+  $("chart-measurement").dispatchEvent(new Event("change"));
+  $("chart-heading").scrollIntoView();
+});
+
 function fillMeasurements(d, wanted) {
   const select = $("chart-measurement");
-  const names = Object.keys(d.last_readings ?? {}).filter((n) => typeof d.last_readings[n] === "number");
+  const readings = d.readings ?? {};
+  const names = Object.keys(readings).filter((n) => typeof readings[n]?.value === "number");
   names.sort((a, b) => (a === d.primary ? -1 : b === d.primary ? 1 : a.localeCompare(b)));
   if (d.primary && !names.includes(d.primary)) names.unshift(d.primary);
   const current = wanted ?? select.value;
+  const label = (n) => {
+    const unit = readings[n]?.unit ? ` (${readings[n].unit})` : "";
+    return n === d.primary ? `${n}${unit}, primary` : `${n}${unit}`;
+  };
   fill(
     select,
     names.length
-      ? names.map((n) => el("option", { value: n }, n === d.primary ? `${n} (primary)` : n))
+      ? names.map((n) => el("option", { value: n }, label(n)))
       : el("option", { value: "" }, "primary reading"),
   );
   if (current && names.includes(current)) select.value = current;
@@ -450,8 +529,9 @@ async function enterDevice(parts, params) {
     fill($("device-readings"));
     $("device-title").textContent = uri;
   }
-  const windowValue = params.get("window") ?? "24h";
-  $("chart-window").value = SUGGESTED_GRANULARITY[windowValue] ? windowValue : "24h";
+  // The last hour by minute: a new device has points at once (24 hours by hour is one dot).
+  const windowValue = params.get("window") ?? "1h";
+  $("chart-window").value = SUGGESTED_GRANULARITY[windowValue] ? windowValue : "1h";
   $("chart-granularity").value = params.get("granularity") ?? SUGGESTED_GRANULARITY[$("chart-window").value];
   if (!$("chart-granularity").value) $("chart-granularity").value = "hour";
   $("chart-kind").value = params.get("kind") === "bar" ? "bar" : "line";
