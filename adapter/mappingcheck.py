@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from adapter.discovery import STATE_FILE, DiscoverySource
+from adapter.history import HistoryStore, format_stamp
 from adapter.mapping import (
     AvailabilityChange,
     Mapped,
@@ -20,7 +22,9 @@ from adapter.mapping import (
     Rejected,
     load_directory,
 )
+from adapter.mapping.renames import device_of
 from adapter.mapping.rules import DecodeError, Rule, decode_payload
+from adapter.migrations import SchemaError
 from adapter.sepl.state import GatewayState
 
 # Real SEPL ids carry a UUID (`iot#40c41048-…`, `urn:infai:ses:device-type:…`).
@@ -144,6 +148,13 @@ def check(args: argparse.Namespace) -> int:
         print(f"\ndevices remembered in {args.state_dir}: {len(known)}")
         for device in sorted(known.values(), key=lambda d: d.uri):
             print(f"  {device.uri}: {device.name} ({device.device_type})")
+            merged_into = device_of(device.uri)
+            if merged_into is not None:
+                print(
+                    f"  note: {device.uri} is a part of {merged_into[0]} now; the next start"
+                    " drops it from the device set (no disconnect) and moves its history"
+                )
+                continue
             now = mappings.device_type_of(device.uri)
             if now is not None and now != device.device_type:
                 print(
@@ -235,11 +246,21 @@ def explain(args: argparse.Namespace) -> int:
         )
         print(f"  service: {result['service']}")
         missing = result["missing"]
+        units = result["units"]
+        readings = ", ".join(
+            f"{name} {value:g}" + (f" {units[name]}" if name in units else "")
+            for name, value in result["readings"].items()
+        )
         print(
-            f"  readings: {json.dumps(result['readings'])}"
+            f"  readings: {readings or '-'}"
             + (f" (missing: {', '.join(missing)})" if missing else "")
         )
         print(f"  primary: {result['primary']}")
+        merged = _merged_state(args.state_dir, device["uri"], result)
+        if merged is not None:
+            print(f"  the device's state with this message ({len(merged)} readings):")
+            for name, (value, unit, when) in sorted(merged.items()):
+                print(f"    {name} {value:g}{f' {unit}' if unit else ''} ({when})")
         print(f"  event part data: {result['parts']['data'][:400]}")
         print(f"  event part metadata: {result['parts']['metadata']}")
     elif kind == "availability":
@@ -254,6 +275,32 @@ def explain(args: argparse.Namespace) -> int:
             print(f"  {line}")
         return 1
     return 0
+
+
+def _merged_state(
+    state_dir: Path | None, uri: str, result: dict[str, Any]
+) -> dict[str, tuple[float, str | None, str]] | None:
+    """The device's readings as the adapter's history keeps them, with this message's
+    merged in (None without a state directory or history)."""
+    if state_dir is None or not (state_dir / "history.sqlite3").exists():
+        return None
+    try:
+        store = HistoryStore(state_dir / "history.sqlite3")
+    except (SchemaError, sqlite3.Error) as exc:
+        print(f"  (the history in {state_dir} cannot be read: {exc})")
+        return None
+    try:
+        stored = store.device(uri)
+    finally:
+        store.close()
+    state: dict[str, tuple[float, str | None, str]] = {}
+    for name, entry in (stored or {}).get("readings", {}).items():
+        if isinstance(entry, dict) and isinstance(entry.get("value"), int | float):
+            when = format_stamp(entry["ts"]) if isinstance(entry.get("ts"), int | float) else "?"
+            state[name] = (float(entry["value"]), entry.get("unit"), when)
+    for name, value in result["readings"].items():
+        state[name] = (value, result["units"].get(name), "this message")
+    return state
 
 
 def _payload(text: str) -> bytes:

@@ -44,7 +44,7 @@ def test_check_passes_on_every_bundled_file(tmp_path: Path) -> None:
         (
             "tele/pow1/SENSOR",
             '{"Time":"2018-02-15T17:37:10","ENERGY":{"Total":6.294,"Power":2635,"Voltage":227}}',
-            ["device: tasmota:pow1", '"power": 2635.0'],
+            ["device: tasmota:pow1", "power 2635 W", "energy 6.294 kWh"],
         ),
         ("livingroom/sensor/living_room_temperature/state", "23.5", ["esphome:", "23.5"]),
         ("shellies/shellyplug-s-ABC123/relay/0/power", "47.11", ["shelly:", "47.11"]),
@@ -65,6 +65,28 @@ def test_explain_shows_device_and_readings(topic: str, payload: str, expected: l
     assert result.returncode == 0, result.stdout + result.stderr
     for text in expected:
         assert text in result.stdout, result.stdout
+
+
+def test_explain_and_check_show_a_device_merged_from_its_topics(tmp_path: Path) -> None:
+    # A state directory of ecd6b7c: check names the split devices that become readings of
+    # their physical device; explain shows the merged state a message updates.
+    state = tmp_path / "state"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "state-ecd6b7c", state)
+    result = cli("check", "--state-dir", str(state))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "note: shelly:shellyswitch25-ABC123/relay/1 is a part of shelly:shellyswitch25-ABC123"
+        " now" in result.stdout
+    )
+    result = cli(
+        "explain", "--state-dir", str(state), "shellies/shellyswitch25-ABC123/relay/1/power", "33.5"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "device: shelly:shellyswitch25-ABC123 " in result.stdout
+    assert "readings: power_1 33.5 W" in result.stdout
+    assert "    power_1 33.5 W (this message)" in result.stdout
+    assert "    energy_1 0.02 kWh (2026-11-20T12:29:00.000Z)" in result.stdout
+    assert "    state 1 (2026-11-20T12:29:00.000Z)" in result.stdout
 
 
 def test_explain_says_why_nothing_matched() -> None:
