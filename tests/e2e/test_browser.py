@@ -301,9 +301,9 @@ def test_device_page_chart_matches_the_average_endpoint(
     assert browser.one("#chart-measurement").get_attribute("value") == "power"
     assert browser.text("#device-title") == "Tasmota plug1"
     # Every reading with its unit and age, and the commands the device accepts.
-    power = browser.one('#device-readings li[data-reading="power"]').text
-    assert "power (primary)" in power and " W" in power
-    assert "ago" in power or "just now" in power
+    power_text = browser.one('#device-readings li[data-reading="power"]').text
+    assert "power (primary)" in power_text and " W" in power_text
+    assert "ago" in power_text or "just now" in power_text
     assert "on, off, toggle" in browser.text("#device-facts")
     assert len(browser.css("#chart svg.chart path.line")) == 1
     browser.screenshot("device-chart")
