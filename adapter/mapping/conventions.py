@@ -15,8 +15,9 @@ reads `state`, `power`, `energy`.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from adapter.mapping.rules import as_number
@@ -24,7 +25,7 @@ from adapter.mapping.units import canonical
 
 # (name, value, unit): a reading a convention found; the value is already converted.
 Found = tuple[str, float, str | None]
-Convention = Callable[[Any, Mapping[str, str]], Iterator[Found]]
+Convention = Callable[[Any, Mapping[str, str]], list[Found]]
 
 
 def _number(value: Any, unit: str | None) -> tuple[float, str | None] | None:
@@ -32,11 +33,16 @@ def _number(value: Any, unit: str | None) -> tuple[float, str | None] | None:
     if unit is None:
         number = as_number(value)
         return None if number is None else (number, None)
-    reported, factor = canonical(unit)
+    reported, factor = _CANONICAL.get(unit) or canonical(unit)
     number = as_number(value, factor)
     return None if number is None else (number, reported)
 
 
+# The units the conventions name, looked up once (a dict lookup per reading).
+_CANONICAL: dict[str, tuple[str, float]] = {}
+
+
+@functools.lru_cache(maxsize=4096)
 def snake(text: str) -> str:
     """`ApparentPower` -> `apparent_power`, `PM2.5` -> `pm2_5`, `eCO2` -> `eco2`."""
     spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", text)
@@ -133,11 +139,12 @@ _TASMOTA_ANALOG = re.compile(r"^A(?P<n>\d+)$")
 _TRAILING_INDEX = re.compile(r"^(?P<key>[A-Za-z]+?)(?P<n>\d+)$")
 
 
-def tasmota(document: Any, values: Mapping[str, str] | None = None) -> Iterator[Found]:
+def tasmota(document: Any, values: Mapping[str, str] | None = None) -> list[Found]:
     """Readings of a Tasmota JSON message: `SENSOR`, `STATE`, `RESULT`, and the
     `StatusSNS`/`StatusSTS` answers to `Status 8`/`10`/`11`."""
+    found = _Found()
     if not isinstance(document, dict):
-        return
+        return found.readings
     for wrapper in ("StatusSNS", "StatusSTS"):
         if isinstance(document.get(wrapper), dict):
             document = document[wrapper]
@@ -145,12 +152,46 @@ def tasmota(document: Any, values: Mapping[str, str] | None = None) -> Iterator[
         key: canonical(str(document[key]))[0] if isinstance(document.get(key), str) else default
         for key, default in TASMOTA_UNIT_KEYS.items()
     }
-    taken: set[str] = set()
+    add = found.add
+    for key, value in document.items():
+        if key in TASMOTA_SKIP:
+            continue
+        if key == "ENERGY" and isinstance(value, dict):
+            _tasmota_energy(value, add)
+        elif isinstance(value, dict):
+            _tasmota_sensor(key, value, units, add)
+        elif key.startswith("POWER") and (power := _TASMOTA_POWER.match(key)) is not None:
+            n = power["n"]
+            add(suffixed("state", n if n not in ("", "1") else None), value, None)
+        elif key == "Dimmer":
+            add("dimmer", value, "%")
+        elif key == "CT":
+            add("color_temp", value, "mired")
+        elif key == "UptimeSec":
+            add("uptime", value, "s")
+        elif (switch := _TASMOTA_SWITCH.match(key)) is not None:
+            add(f"{switch['kind'].lower()}_{switch['n']}", value, None)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            add(snake(key), value, None)
+    wifi = document.get("Wifi")
+    if isinstance(wifi, dict):
+        add("rssi", wifi.get("RSSI"), "%")  # Tasmota's RSSI is a quality in %
+        add("signal", wifi.get("Signal"), "dBm")
+    return found.readings
 
-    def emit(name: str, value: Any, unit: str | None, kind: str = "") -> Iterator[Found]:
+
+class _Found:
+    """The readings of one message, each name once (a plain list: one per message)."""
+
+    def __init__(self) -> None:
+        self.readings: list[Found] = []
+        self.taken: set[str] = set()
+
+    def add(self, name: str, value: Any, unit: str | None, kind: str = "") -> None:
         converted = _number(value, unit)
         if converted is None:
             return
+        taken = self.taken
         if name in taken and kind:
             # Two sensors of different kinds measure the same (an AM2301 and a DS18B20):
             # the first keeps the plain name, the next is named after its kind.
@@ -158,64 +199,36 @@ def tasmota(document: Any, values: Mapping[str, str] | None = None) -> Iterator[
         if name in taken:
             return
         taken.add(name)
-        yield name, converted[0], converted[1]
-
-    for key, value in document.items():
-        if key in TASMOTA_SKIP:
-            continue
-        power = _TASMOTA_POWER.match(key)
-        if power:
-            n = power["n"]
-            yield from emit(suffixed("state", n if n not in ("", "1") else None), value, None)
-        elif key == "ENERGY" and isinstance(value, dict):
-            yield from _tasmota_energy(value, emit)
-        elif isinstance(value, dict):
-            yield from _tasmota_sensor(key, value, units, emit)
-        elif key == "Dimmer":
-            yield from emit("dimmer", value, "%")
-        elif key == "CT":
-            yield from emit("color_temp", value, "mired")
-        elif key == "UptimeSec":
-            yield from emit("uptime", value, "s")
-        elif (switch := _TASMOTA_SWITCH.match(key)) is not None:
-            yield from emit(f"{switch['kind'].lower()}_{switch['n']}", value, None)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            yield from emit(snake(key), value, None)
-    wifi = document.get("Wifi")
-    if isinstance(wifi, dict):
-        yield from emit("rssi", wifi.get("RSSI"), "%")  # Tasmota's RSSI is a quality in %
-        yield from emit("signal", wifi.get("Signal"), "dBm")
+        self.readings.append((name, converted[0], converted[1]))
 
 
-Emit = Callable[..., Iterator[Found]]
+Add = Callable[..., None]
 
 
-def _tasmota_energy(energy: dict[str, Any], emit: Emit) -> Iterator[Found]:
+def _tasmota_energy(energy: dict[str, Any], add: Add) -> None:
     for key, value in energy.items():
         if key in TASMOTA_ENERGY_SKIP:
             continue
-        name, unit, adds_up = TASMOTA_ENERGY.get(key, (snake(key), None, False))
+        known = TASMOTA_ENERGY.get(key)
+        name, unit, adds_up = known if known is not None else (snake(key), None, False)
         channels: list[Any] | None = None
         if isinstance(value, list):
             channels = value
         elif isinstance(value, dict):  # {"Phase1": 0.017, "Phase2": 0.017}
             channels = list(value.values())
         if channels is None:
-            yield from emit(name, value, unit)
+            add(name, value, unit)
             continue
         numbers = [_number(v, unit) for v in channels]
-        found = [n[0] for n in numbers if n is not None]
-        if found and len(found) == len(numbers) and key not in ("TotalTariff", "ExportTariff"):
+        whole = [n[0] for n in numbers if n is not None]
+        if whole and len(whole) == len(numbers) and key not in ("TotalTariff", "ExportTariff"):
             # The device's whole: the sum of what adds up, else the first channel.
-            whole = sum(found) if adds_up else found[0]
-            yield from emit(name, whole, canonical(unit)[0] if unit else None)
+            add(name, sum(whole) if adds_up else whole[0], canonical(unit)[0] if unit else None)
         for index, channel in enumerate(channels, start=1):
-            yield from emit(f"{name}_{index}", channel, unit)
+            add(f"{name}_{index}", channel, unit)
 
 
-def _tasmota_sensor(
-    sensor: str, body: dict[str, Any], units: dict[str, str], emit: Emit
-) -> Iterator[Found]:
+def _tasmota_sensor(sensor: str, body: dict[str, Any], units: dict[str, str], add: Add) -> None:
     match = _TASMOTA_INDEXED.match(sensor)
     kind = match["kind"] if match and match["kind"] else sensor
     index = match["index"] if match else None
@@ -227,7 +240,7 @@ def _tasmota_sensor(
         analog = _TASMOTA_ANALOG.match(key) if kind == "ANALOG" else None
         if analog is not None:
             n = analog["n"]
-            yield from emit(suffixed("analog", None if n == "0" else n), value, None, kind)
+            add(suffixed("analog", None if n == "0" else n), value, None, kind)
             continue
         trailing = None if key in TASMOTA_QUANTITIES else _TRAILING_INDEX.match(key)
         if trailing is not None and trailing["key"] in TASMOTA_QUANTITIES:
@@ -236,13 +249,13 @@ def _tasmota_sensor(
         if isinstance(value, dict):  # TX23 {"Speed": {"Act": 12.3, "Avg": ...}}
             for inner, number in value.items():
                 unit = units["SpeedUnit"] if key == "Speed" else None
-                name = suffixed(f"{snake(key)}_{snake(inner)}", sub_index)
-                yield from emit(name, number, unit, kind)
+                add(suffixed(f"{snake(key)}_{snake(inner)}", sub_index), number, unit, kind)
             continue
-        name, unit = TASMOTA_QUANTITIES.get(base, (snake(base), None))
+        quantity = TASMOTA_QUANTITIES.get(base)
+        name, unit = quantity if quantity is not None else (snake(base), None)
         if unit in units:
             unit = units[unit]
-        yield from emit(suffixed(name, sub_index), value, unit, kind)
+        add(suffixed(name, sub_index), value, unit, kind)
 
 
 # --- Shelly Gen2+ ------------------------------------------------------------------------
@@ -329,13 +342,14 @@ def _field(status: dict[str, Any], path: str) -> Any:
     return value
 
 
-def shelly_gen2(document: Any, values: Mapping[str, str] | None = None) -> Iterator[Found]:
+def shelly_gen2(document: Any, values: Mapping[str, str] | None = None) -> list[Found]:
     """Readings of a Shelly Gen2+ message: a `NotifyStatus`/`NotifyFullStatus` frame (its
     `params`), a component's status on `<id>/status/<component>` (the component named by
     the rule's `{component}` placeholder), or a whole `Shelly.GetStatus` result. Fields a
     partial update leaves out are no readings; `null` (a field gone) neither."""
+    readings: list[Found] = []
     if not isinstance(document, dict):
-        return
+        return readings
     component = (values or {}).get("component")
     if component is not None and "params" not in document:
         statuses: dict[str, Any] = {component: document}
@@ -354,7 +368,22 @@ def shelly_gen2(document: Any, values: Mapping[str, str] | None = None) -> Itera
         for path, name, unit in fields:
             converted = _number(_field(status, path), unit)
             if converted is not None:
-                yield suffixed(name, channel), converted[0], converted[1]
+                readings.append((suffixed(name, channel), converted[0], converted[1]))
+    return readings
 
 
 CONVENTIONS: dict[str, Convention] = {"tasmota": tasmota, "shelly-gen2": shelly_gen2}
+_CANONICAL.update(
+    (unit, canonical(unit))
+    for unit in (
+        *(unit for _, unit, _ in TASMOTA_ENERGY.values()),
+        *(unit for _, unit in TASMOTA_QUANTITIES.values()),
+        *TASMOTA_UNIT_KEYS.values(),
+        *(unit for fields in SHELLY_GEN2.values() for _, _, unit in fields),
+        "%",
+        "mired",
+        "s",
+        "dBm",
+    )
+    if unit is not None
+)
