@@ -211,16 +211,21 @@ class HistoryStore:
         """One transaction per batch: the readings, and each device's latest state."""
         if not batch:
             return
-        # Per device: the newest message sets last_seen and the primary; the last values
-        # merge every message's readings, the newer winning, so readings from a device's
-        # different topics (or partial updates) do not erase each other.
+        # Per device: the last message received names the primary; the device's state
+        # merges every message's readings, the one received last winning, so readings from
+        # a device's different topics (or partial updates) do not erase each other. The
+        # order is the order of arrival, not of the messages' times: a device's clock may
+        # be off (a Tasmota before NTP says 1970) or another than the adapter's, which
+        # stamps the messages that carry no time.
         newest: dict[str, Reading] = {}
         with_primary: dict[str, Reading] = {}
         merged: dict[str, dict[str, float]] = {}
         described: dict[str, dict[str, dict[str, Any]]] = {}
-        for item in sorted(batch, key=lambda r: r.ts):
+        seen: dict[str, float] = {}  # the newest time of each device's messages
+        for item in batch:
             uri = item.device
             newest[uri] = item
+            seen[uri] = max(seen.get(uri, item.ts), item.ts)
             if item.values:
                 merged.setdefault(uri, {}).update(item.values)
                 units = item.units or {}
@@ -238,7 +243,7 @@ class HistoryStore:
                 item.name,
                 item.device_type,
                 with_primary.get(uri, item).primary,
-                item.ts,
+                seen[uri],
                 fastjson.dumps_text(merged.get(uri, {})),
                 fastjson.dumps_text(described.get(uri, {})),
             )
@@ -275,15 +280,10 @@ class HistoryStore:
                 " VALUES (?,?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
                 " name = excluded.name, type = excluded.type,"
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
-                # An older message arriving later keeps the newest state.
                 " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen)),"
                 " last_readings = CASE WHEN excluded.last_readings = '{}' THEN last_readings"
-                " WHEN excluded.last_seen < last_seen"
-                " THEN json_patch(excluded.last_readings, last_readings)"
                 " ELSE json_patch(last_readings, excluded.last_readings) END,"
                 " readings = CASE WHEN excluded.readings = '{}' THEN readings"
-                " WHEN excluded.last_seen < last_seen"
-                " THEN json_patch(excluded.readings, readings)"
                 " ELSE json_patch(readings, excluded.readings) END",
                 latest,
             )

@@ -90,7 +90,7 @@ TASMOTA_QUANTITIES: dict[str, tuple[str, str | None]] = {
     "SeaPressure": ("sea_pressure", "PressureUnit"),
     "Illuminance": ("illuminance", "lx"),
     "CarbonDioxide": ("co2", "ppm"),
-    "eCO2": ("co2", "ppm"),
+    "eCO2": ("eco2", "ppm"),  # estimated from VOC (SGP30, CCS811), not measured CO2
     "TVOC": ("voc", "ppb"),
     "Distance": ("distance", "cm"),
     "Gas": ("gas_resistance", "kΩ"),

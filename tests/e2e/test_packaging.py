@@ -60,7 +60,7 @@ def flags(*argv: str) -> argparse.Namespace:
 
 def uncomment(text: str) -> str:
     """Every `#key: value` line of a starter config set as written."""
-    return re.sub(r"^(\s*)#([a-z_]+:)", r"\1\2", text, flags=re.MULTILINE)
+    return re.sub(r"^(\s*)#([a-z0-9_]+:)", r"\1\2", text, flags=re.MULTILINE)
 
 
 # --- packaging configuration
