@@ -66,6 +66,19 @@ CREATE TABLE IF NOT EXISTS devices (
     uri TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', type TEXT NOT NULL DEFAULT '',
     primary_reading TEXT, last_seen REAL, last_readings TEXT NOT NULL DEFAULT '{}');
 """
+# A reading's series: one device's reading of one name in one unit ('' when none is
+# known); its samples refer to it by number, so a sample row is three numbers and the
+# covering index small (12 readings a message cost half the CPU and disk of rows that
+# repeat device, name and unit).
+SERIES_SCHEMA = """
+CREATE TABLE series (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, name TEXT NOT NULL,
+    unit TEXT NOT NULL DEFAULT '', UNIQUE (device, name, unit));
+CREATE TABLE samples (series INTEGER NOT NULL, ts REAL NOT NULL, value REAL NOT NULL);
+CREATE TABLE samples_recent (series INTEGER NOT NULL, ts REAL NOT NULL, value REAL NOT NULL);
+ALTER TABLE devices ADD COLUMN units TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE devices ADD COLUMN times TEXT NOT NULL DEFAULT '{}';
+"""
 # Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release.
 # Do not edit it or any released migration; append one for every change, and
 # tests/integration/test_migrations.py checks that files of every earlier version open.
@@ -79,15 +92,11 @@ MIGRATIONS = (
     ),
     Migration(
         3,
-        "each reading's unit; each device's readings with unit and time; one device per"
-        " physical device (the split uris of the bundled Shelly and ESPHome files re-keyed,"
-        " renamed readings renamed, Shelly energy converted to kWh)",
-        "ALTER TABLE readings ADD COLUMN unit TEXT;"
-        " ALTER TABLE readings_recent ADD COLUMN unit TEXT;"
-        " ALTER TABLE devices ADD COLUMN readings TEXT NOT NULL DEFAULT '{}';"
-        " DROP INDEX IF EXISTS readings_cover;"
-        # Covering, with the unit: an average takes the readings of the device's unit.
-        " CREATE INDEX readings_cover ON readings(device, name, unit, ts, value);",
+        "readings as series (device, name, unit) and their samples, each reading with its"
+        " unit; each device's readings with unit and time; one device per physical device"
+        " (the split uris of the bundled Shelly and ESPHome files re-keyed, renamed"
+        " readings renamed, Shelly energy converted to kWh)",
+        SERIES_SCHEMA,
         function=lambda db: _one_device_per_physical_device(db),
     ),
 )
@@ -115,6 +124,7 @@ GATHER = 0.01  # seconds the writer waits for more readings before a transaction
 # a page per device it touched: at 2,000 devices that cost more than the rest of the
 # adapter's work and held back the intake.
 FOLD_ROWS = 50_000
+MAX_LAYOUTS = 16  # message shapes remembered per device (Tasmota: SENSOR, STATE, ...)
 FOLD_EVERY = 30.0  # seconds
 
 
@@ -199,8 +209,11 @@ class HistoryStore:
     def __init__(self, path: Path | str, retention: float = 30 * 86400.0) -> None:
         self.retention = retention
         self.db = open_versioned(path, MIGRATIONS, "history")
-        self._staged = self.db.execute("SELECT COUNT(*) FROM readings_recent").fetchone()[0]
+        self._staged = self.db.execute("SELECT COUNT(*) FROM samples_recent").fetchone()[0]
         self._folded_at = time.monotonic()
+        # Per device, per set of reading names: their units and series numbers (a JSON
+        # array), so a message's samples are one row of JSON for SQLite to spread.
+        self._layouts: dict[str, dict[tuple[str, ...], tuple[Mapping[str, str], str]]] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -220,86 +233,99 @@ class HistoryStore:
         newest: dict[str, Reading] = {}
         with_primary: dict[str, Reading] = {}
         merged: dict[str, dict[str, float]] = {}
-        described: dict[str, dict[str, dict[str, Any]]] = {}
+        units_of: dict[str, dict[str, str]] = {}
+        times_of: dict[str, dict[str, float]] = {}
         seen: dict[str, float] = {}  # the newest time of each device's messages
-        for item in batch:
-            uri = item.device
-            newest[uri] = item
-            seen[uri] = max(seen.get(uri, item.ts), item.ts)
-            if item.values:
-                merged.setdefault(uri, {}).update(item.values)
-                units = item.units or {}
-                state = described.setdefault(uri, {})
-                for name, value in item.values.items():
-                    entry: dict[str, Any] = {"value": value, "ts": item.ts}
-                    if name in units:
-                        entry["unit"] = units[name]
-                    state[name] = entry
-            if item.primary:
-                with_primary[uri] = item
-        latest = [
-            (
-                uri,
-                item.name,
-                item.device_type,
-                with_primary.get(uri, item).primary,
-                seen[uri],
-                fastjson.dumps_text(merged.get(uri, {})),
-                fastjson.dumps_text(described.get(uri, {})),
-            )
-            for uri, item in newest.items()
-        ]
+        samples = []
         with transaction(self.db):
-            # One row per message, spread into one per reading by SQLite (json_each): the
-            # per-reading tuples and their binding were the writer's largest cost, and
-            # SQLite works without holding the GIL.
+            for item in batch:
+                uri = item.device
+                newest[uri] = item
+                seen[uri] = max(seen.get(uri, item.ts), item.ts)
+                values = item.values
+                if values:
+                    units = item.units or {}
+                    series = self._series_of(uri, values, units)
+                    samples.append((item.ts, fastjson.dumps_text(list(values.values())), series))
+                    merged.setdefault(uri, {}).update(values)
+                    units_of.setdefault(uri, {}).update(units)
+                    times_of.setdefault(uri, {}).update(dict.fromkeys(values, item.ts))
+                if item.primary:
+                    with_primary[uri] = item
+            latest = [
+                (
+                    uri,
+                    item.name,
+                    item.device_type,
+                    with_primary.get(uri, item).primary,
+                    seen[uri],
+                    fastjson.dumps_text(merged.get(uri, {})),
+                    fastjson.dumps_text(units_of.get(uri, {})),
+                    fastjson.dumps_text(times_of.get(uri, {})),
+                )
+                for uri, item in newest.items()
+            ]
+            # One row per message, spread into one per reading by SQLite (json_each, the
+            # values and their series numbers joined by position): per-reading tuples and
+            # their binding were the writer's largest cost, and SQLite works without
+            # holding the GIL.
             self._staged += self.db.executemany(
-                "INSERT INTO readings_recent (device, name, ts, value)"
-                " SELECT ?, key, ?, value FROM json_each(?)",
-                [
-                    (r.device, r.ts, fastjson.dumps_text(r.values))
-                    for r in batch
-                    if r.values and not r.units
-                ],
-            ).rowcount
-            # Readings with units: each value beside its unit, the two JSON objects joined
-            # by the reading's name.
-            self._staged += self.db.executemany(
-                "INSERT INTO readings_recent (device, name, ts, value, unit)"
-                " SELECT ?, v.key, ?, v.value, u.value FROM json_each(?) AS v"
-                " LEFT JOIN json_each(?) AS u ON u.key = v.key",
-                [
-                    (r.device, r.ts, fastjson.dumps_text(r.values), fastjson.dumps_text(r.units))
-                    for r in batch
-                    if r.values and r.units
-                ],
+                "INSERT INTO samples_recent (series, ts, value)"
+                " SELECT s.value, ?, v.value FROM json_each(?) AS v"
+                " JOIN json_each(?) AS s ON s.key = v.key",
+                samples,
             ).rowcount
             self.db.executemany(
-                "INSERT INTO devices"
-                " (uri, name, type, primary_reading, last_seen, last_readings, readings)"
-                " VALUES (?,?,?,?,?,?,?) ON CONFLICT(uri) DO UPDATE SET"
+                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT(uri) DO UPDATE SET"
                 " name = excluded.name, type = excluded.type,"
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
                 " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen)),"
-                " last_readings = CASE WHEN excluded.last_readings = '{}' THEN last_readings"
-                " ELSE json_patch(last_readings, excluded.last_readings) END,"
-                " readings = CASE WHEN excluded.readings = '{}' THEN readings"
-                " ELSE json_patch(readings, excluded.readings) END",
+                " last_readings = json_patch(last_readings, excluded.last_readings),"
+                " units = json_patch(units, excluded.units),"
+                " times = json_patch(times, excluded.times)",
                 latest,
             )
 
         if self._staged >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY:
             self.fold()
 
+    def _series_of(self, uri: str, values: Mapping[str, float], units: Mapping[str, str]) -> str:
+        """The series numbers of a message's readings, as a JSON array in their order;
+        new series are made (inside the caller's transaction)."""
+        layouts = self._layouts.get(uri)
+        if layouts is None:
+            layouts = self._layouts[uri] = {}
+        names = tuple(values)
+        known = layouts.get(names)
+        if known is not None and known[0] == units:
+            return known[1]
+        ids = []
+        for name in names:
+            unit = units.get(name, "")
+            self.db.execute(
+                "INSERT OR IGNORE INTO series (device, name, unit) VALUES (?, ?, ?)",
+                (uri, name, unit),
+            )
+            ids.append(
+                self.db.execute(
+                    "SELECT id FROM series WHERE device = ? AND name = ? AND unit = ?",
+                    (uri, name, unit),
+                ).fetchone()[0]
+            )
+        if len(layouts) >= MAX_LAYOUTS:
+            layouts.clear()  # a device whose messages keep changing shape: start again
+        layouts[names] = (dict(units), json.dumps(ids))
+        return layouts[names][1]
+
     def fold(self) -> int:
         """Move the staged readings into the indexed table; returns how many."""
         with transaction(self.db):
             moved = self.db.execute(
-                "INSERT INTO readings (device, name, unit, ts, value)"
-                " SELECT device, name, unit, ts, value"
-                " FROM readings_recent ORDER BY device, name, unit, ts, value"
+                "INSERT INTO samples (series, ts, value) SELECT series, ts, value"
+                " FROM samples_recent ORDER BY series, ts, value"
             ).rowcount
-            self.db.execute("DELETE FROM readings_recent")
+            self.db.execute("DELETE FROM samples_recent")
         self._staged = 0
         self._folded_at = time.monotonic()
         return moved
@@ -309,7 +335,7 @@ class HistoryStore:
         with transaction(self.db):
             return sum(
                 self.db.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,)).rowcount
-                for table in ("readings", "readings_recent")
+                for table in ("samples", "samples_recent")
             )
 
     # --- reading -------------------------------------------------------------------------
@@ -333,23 +359,24 @@ class HistoryStore:
             return []
         # The readings in the unit the device reports now: a device whose unit changed
         # (TempUnit set to F) never averages °C with °F.
-        unit = self._current_unit(uri, name)
+        series = self._current_series(uri, name)
+        if series is None:
+            return []
         now = time.time() if now is None else now
         start = 0.0 if query.window is None else now - query.window
-        where = "device = ? AND name = ? AND unit IS ? AND ts >= ? AND ts <= ?"
-        args: tuple[Any, ...] = (uri, name, unit, start, now)
-        source = f"readings WHERE {where}"
+        where = "series = ? AND ts >= ? AND ts <= ?"
+        args: tuple[Any, ...] = (series, start, now)
+        source = f"samples WHERE {where}"
         staged = self.db.execute(
-            "SELECT EXISTS (SELECT 1 FROM readings_recent WHERE device = ? AND name = ?)",
-            (uri, name),
+            "SELECT EXISTS (SELECT 1 FROM samples_recent WHERE series = ?)", (series,)
         ).fetchone()[0]
         if staged:
             # Not folded yet: both tables, in the order the covering index gives (ts, then
             # value), so that AVG adds the same numbers in the same order whichever table
             # holds them, and the sandbox's answer agrees to the last bit.
             source = (
-                f"(SELECT ts, value FROM readings WHERE {where} UNION ALL"
-                f" SELECT ts, value FROM readings_recent WHERE {where} ORDER BY ts, value)"
+                f"(SELECT ts, value FROM samples WHERE {where} UNION ALL"
+                f" SELECT ts, value FROM samples_recent WHERE {where} ORDER BY ts, value)"
             )
             args = args * 2
         if query.granularity == "all":
@@ -366,16 +393,18 @@ class HistoryStore:
         ).fetchall()
         return [_row(b, avg, count) for b, avg, count in rows]
 
-    def _current_unit(self, uri: str, name: str) -> str | None:
-        """The unit of the newest reading `name` of the device (one index seek per unit)."""
-        newest: tuple[float, str | None] | None = None
-        for table in ("readings", "readings_recent"):
-            for unit, ts in self.db.execute(
-                f"SELECT unit, MAX(ts) FROM {table} WHERE device = ? AND name = ? GROUP BY unit",
-                (uri, name),
-            ):
-                if newest is None or ts > newest[0]:
-                    newest = (ts, unit)
+    def _current_series(self, uri: str, name: str) -> int | None:
+        """The series of the device's reading with the newest sample (its current unit)."""
+        newest: tuple[float, int] | None = None
+        for (series,) in self.db.execute(
+            "SELECT id FROM series WHERE device = ? AND name = ?", (uri, name)
+        ).fetchall():
+            for table in ("samples", "samples_recent"):
+                (ts,) = self.db.execute(
+                    f"SELECT MAX(ts) FROM {table} WHERE series = ?", (series,)
+                ).fetchone()
+                if ts is not None and (newest is None or ts > newest[0]):
+                    newest = (ts, series)
         return None if newest is None else newest[1]
 
 
@@ -431,57 +460,76 @@ def _row(bucket: float, average: float, count: int) -> dict[str, Any]:
     return {"time_stamp": format_stamp(bucket), "result": float(average), "data_points": count}
 
 
-DEVICE_COLUMNS = "uri, name, type, primary_reading, last_seen, last_readings, readings"
+DEVICE_COLUMNS = "uri, name, type, primary_reading, last_seen, last_readings, units, times"
 
 
 def _device_row(row: Iterable[Any]) -> dict[str, Any]:
-    uri, name, type_, primary, last_seen, last_readings, readings = row
+    uri, name, type_, primary, last_seen, last_readings, units, times = row
+    values = json.loads(last_readings)
+    unit_of, time_of = json.loads(units), json.loads(times)
+    readings = {}
+    for reading, value in values.items():
+        entry = {"value": value, "ts": time_of.get(reading, last_seen)}
+        if unit_of.get(reading):
+            entry["unit"] = unit_of[reading]
+        readings[reading] = entry
     return {
         "uri": uri,
         "name": name,
         "type": type_,
         "primary": primary,
         "last_seen": None if last_seen is None else format_stamp(last_seen),
-        "last_readings": json.loads(last_readings),
+        "last_readings": values,
         # name -> {"value", "unit" (when known), "ts" (epoch seconds)}
-        "readings": json.loads(readings),
+        "readings": readings,
     }
 
 
 def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
-    """Migration 3's data: readings of the old split uris re-keyed to their physical
-    device, renamed readings renamed, values converted where the unit changed (Shelly
-    energy Wh -> kWh), units set where the family's are known; the device rows merged."""
+    """Migration 3's data: the readings become series and samples; those of the old split
+    uris re-keyed to their physical device, renamed readings renamed, values converted
+    where the unit changed (Shelly energy Wh -> kWh), units set where the family's are
+    known; the device rows merged, each device's state rebuilt from its history."""
     pairs = db.execute(
         "SELECT DISTINCT device, name FROM readings"
         " UNION SELECT DISTINCT device, name FROM readings_recent"
     ).fetchall()
     for device, name in pairs:
         renamed = reading_of(device, name)
-        if renamed == (device, name, 1.0, None):
-            continue
-        for table in ("readings", "readings_recent"):
+        db.execute(
+            "INSERT OR IGNORE INTO series (device, name, unit) VALUES (?, ?, ?)",
+            (renamed.device, renamed.name, renamed.unit or ""),
+        )
+        (series,) = db.execute(
+            "SELECT id FROM series WHERE device = ? AND name = ? AND unit = ?",
+            (renamed.device, renamed.name, renamed.unit or ""),
+        ).fetchone()
+        for old, new in (("readings", "samples"), ("readings_recent", "samples_recent")):
             db.execute(
-                f"UPDATE {table} SET device = ?, name = ?, value = value * ?, unit = ?"
-                " WHERE device = ? AND name = ?",
-                (*renamed, device, name),
+                f"INSERT INTO {new} (series, ts, value) SELECT ?, ts, value * ?"
+                f" FROM {old} WHERE device = ? AND name = ? ORDER BY ts, value",
+                (series, renamed.factor, device, name),
             )
-    # Each device's state rebuilt from its history: the newest value of every reading (the
+    db.execute("DROP TABLE readings")
+    db.execute("DROP TABLE readings_recent")
+    # Covering: the average query reads the index alone; made after the bulk insert.
+    db.execute("CREATE INDEX samples_cover ON samples (series, ts, value)")
+    # Each device's state from its history: the newest value of every reading (the
     # devices table of those versions kept only the last message's readings).
-    latest: dict[str, dict[str, dict[str, Any]]] = {}
-    for table in ("readings", "readings_recent"):
-        for device, name, value, unit, ts in db.execute(
-            f"SELECT device, name, value, unit, MAX(ts) FROM {table} GROUP BY device, name"
+    latest: dict[str, dict[str, tuple[float, str, float]]] = {}
+    for table in ("samples", "samples_recent"):
+        for device, name, unit, value, ts in db.execute(
+            "SELECT s.device, s.name, s.unit, x.value, MAX(x.ts)"
+            f" FROM {table} AS x JOIN series AS s ON s.id = x.series GROUP BY x.series"
         ):
             known = latest.setdefault(device, {}).get(name)
-            if known is None or known["ts"] <= ts:
-                entry: dict[str, Any] = {"value": value, "ts": ts}
-                if unit is not None:
-                    entry["unit"] = unit
-                latest[device][name] = entry
-    rows = db.execute(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY last_seen").fetchall()
+            if known is None or known[2] <= ts:
+                latest[device][name] = (value, unit, ts)
+    rows = db.execute(
+        "SELECT uri, name, type, primary_reading, last_seen FROM devices ORDER BY last_seen"
+    ).fetchall()
     merged: dict[str, list[Any]] = {}
-    for uri, name, type_, primary, last_seen, _, _ in rows:
+    for uri, name, type_, primary, last_seen in rows:
         target = device_of(uri)
         new_uri = target[0] if target is not None else uri
         candidate = None if primary is None else reading_of(uri, primary).name
@@ -503,7 +551,7 @@ def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
             row[3] = next((n for n in ("power", "temperature") if n in readings), row[3])
     db.execute("DELETE FROM devices")
     db.executemany(
-        f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+        f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
         [
             (
                 uri,
@@ -511,8 +559,9 @@ def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
                 type_,
                 primary,
                 seen,
-                json.dumps({k: v["value"] for k, v in latest.get(uri, {}).items()}),
-                json.dumps(latest.get(uri, {})),
+                json.dumps({k: v[0] for k, v in latest.get(uri, {}).items()}),
+                json.dumps({k: v[1] for k, v in latest.get(uri, {}).items() if v[1]}),
+                json.dumps({k: v[2] for k, v in latest.get(uri, {}).items()}),
             )
             for uri, name, type_, primary, seen in merged.values()
         ],

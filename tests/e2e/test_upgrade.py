@@ -63,7 +63,7 @@ def test_the_history_is_re_keyed_renamed_and_converted(state: Path) -> None:
     old.close()
     store = HistoryStore(state / "history.sqlite3")
     try:
-        assert store.db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == rows_before
+        assert store.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == rows_before
         uris = {row["uri"] for row in store.devices()}
         assert uris == {SWITCH25, PLUG_S, PLUS1PM, NODE, "tasmota:kitchen"}
         # Shelly 2.5: relay 0 plain, relay 1 suffixed; energy counted in Wh is kWh now.

@@ -1060,7 +1060,10 @@ def test_stored_values_are_the_readings_bit_for_bit(values: list[float]) -> None
         readings = {f"r{i}": value for i, value in enumerate(values)}
         history.record([Reading("dev", 1000.0, readings)])
         history.fold()  # from the staging table into the indexed one
-        stored = history.db.execute("SELECT name, value FROM readings ORDER BY name").fetchall()
+        stored = history.db.execute(
+            "SELECT s.name, x.value FROM samples AS x JOIN series AS s ON s.id = x.series"
+            " ORDER BY s.name"
+        ).fetchall()
         # Equal as floats, so bit for bit but for the sign of a zero (which SQLite's REAL
         # storage drops for bound parameters too).
         assert [(name, value.hex()) for name, value in stored] == [
@@ -1121,7 +1124,7 @@ def test_readings_are_folded_by_count_and_by_time(monkeypatch: pytest.MonkeyPatc
         def counts() -> tuple[int, ...]:
             return tuple(
                 store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("readings", "readings_recent")
+                for t in ("samples", "samples_recent")
             )
 
         store.record([Reading("dev", 1000.0 + i, {"a": 1.0, "b": 2.0}) for i in range(4)])
