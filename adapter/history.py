@@ -211,9 +211,11 @@ class HistoryStore:
         self.db = open_versioned(path, MIGRATIONS, "history")
         self._staged = self.db.execute("SELECT COUNT(*) FROM samples_recent").fetchone()[0]
         self._folded_at = time.monotonic()
-        # Per device, per set of reading names: their units and series numbers (a JSON
-        # array), so a message's samples are one row of JSON for SQLite to spread.
-        self._layouts: dict[str, dict[tuple[str, ...], tuple[Mapping[str, str], str]]] = {}
+        # Per device, per set of reading names: their units and series numbers (as text),
+        # so a message's samples are one JSON object {series: value} for SQLite to spread.
+        self._layouts: dict[
+            str, dict[tuple[str, ...], tuple[Mapping[str, str], tuple[str, ...]]]
+        ] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -246,7 +248,8 @@ class HistoryStore:
                 if values:
                     units = item.units or {}
                     series = self._series_of(uri, values, units)
-                    samples.append((item.ts, fastjson.dumps_text(list(values.values())), series))
+                    by_series = dict(zip(series, values.values(), strict=True))
+                    samples.append((item.ts, fastjson.dumps_text(by_series)))
                     merged.setdefault(uri, {}).update(values)
                     units_of.setdefault(uri, {}).update(units)
                     times_of.setdefault(uri, {}).update(dict.fromkeys(values, item.ts))
@@ -265,14 +268,12 @@ class HistoryStore:
                 )
                 for uri, item in newest.items()
             ]
-            # One row per message, spread into one per reading by SQLite (json_each, the
-            # values and their series numbers joined by position): per-reading tuples and
-            # their binding were the writer's largest cost, and SQLite works without
-            # holding the GIL.
+            # One row per message, spread into one per reading by SQLite (json_each over
+            # {series: value}): per-reading tuples and their binding were the writer's
+            # largest cost, and SQLite works without holding the GIL.
             self._staged += self.db.executemany(
                 "INSERT INTO samples_recent (series, ts, value)"
-                " SELECT s.value, ?, v.value FROM json_each(?) AS v"
-                " JOIN json_each(?) AS s ON s.key = v.key",
+                " SELECT CAST(key AS INTEGER), ?, value FROM json_each(?)",
                 samples,
             ).rowcount
             self.db.executemany(
@@ -290,9 +291,11 @@ class HistoryStore:
         if self._staged >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY:
             self.fold()
 
-    def _series_of(self, uri: str, values: Mapping[str, float], units: Mapping[str, str]) -> str:
-        """The series numbers of a message's readings, as a JSON array in their order;
-        new series are made (inside the caller's transaction)."""
+    def _series_of(
+        self, uri: str, values: Mapping[str, float], units: Mapping[str, str]
+    ) -> tuple[str, ...]:
+        """The series numbers (as text) of a message's readings, in their order; new
+        series are made (inside the caller's transaction)."""
         layouts = self._layouts.get(uri)
         if layouts is None:
             layouts = self._layouts[uri] = {}
@@ -307,15 +310,14 @@ class HistoryStore:
                 "INSERT OR IGNORE INTO series (device, name, unit) VALUES (?, ?, ?)",
                 (uri, name, unit),
             )
-            ids.append(
-                self.db.execute(
-                    "SELECT id FROM series WHERE device = ? AND name = ? AND unit = ?",
-                    (uri, name, unit),
-                ).fetchone()[0]
-            )
+            (number,) = self.db.execute(
+                "SELECT id FROM series WHERE device = ? AND name = ? AND unit = ?",
+                (uri, name, unit),
+            ).fetchone()
+            ids.append(str(number))
         if len(layouts) >= MAX_LAYOUTS:
             layouts.clear()  # a device whose messages keep changing shape: start again
-        layouts[names] = (dict(units), json.dumps(ids))
+        layouts[names] = (dict(units), tuple(ids))
         return layouts[names][1]
 
     def fold(self) -> int:

@@ -96,6 +96,19 @@ _encode_string = json.encoder.encode_basestring
 _float_repr = float.__repr__
 
 
+# Reading names and units as JSON keys (`"power":`), made once each: the same few dozen
+# names come in every message. Bounded: names from all_readings come from the payload.
+_ENCODED: dict[str, str] = {}
+_ENCODED_MAX = 10_000
+
+
+def _encoded(text: str) -> str:
+    encoded = _encode_string(text) + ":"
+    if len(_ENCODED) < _ENCODED_MAX:
+        _ENCODED[text] = encoded
+    return encoded
+
+
 def _fast_metadata(
     time: datetime,
     topic: str,
@@ -115,11 +128,15 @@ def _fast_metadata(
     ):
         return None
     parts = []
+    names = _ENCODED
     for name, value in readings.items():
         # value - value is 0.0 exactly for finite floats (NaN and infinities give NaN).
         if type(name) is not str or type(value) is not float or value - value != 0.0:
             return None
-        parts.append(_encode_string(name) + ":" + _float_repr(value))
+        encoded = names.get(name)
+        if encoded is None:
+            encoded = _encoded(name)
+        parts.append(encoded + _float_repr(value))
     # format_time gives plain ASCII digits and separators: nothing to escape.
     text = (
         '{"time":"'
@@ -136,7 +153,10 @@ def _fast_metadata(
         for name, unit in units.items():
             if type(name) is not str or type(unit) is not str:
                 return None
-            unit_parts.append(_encode_string(name) + ":" + _encode_string(unit))
+            encoded = names.get(name)
+            if encoded is None:
+                encoded = _encoded(name)
+            unit_parts.append(encoded + (names.get(unit) or _encoded(unit))[:-1])
         text += ',"units":{' + ",".join(unit_parts) + "}"
     if encoding:
         return text + ',"encoding":' + _encode_string(encoding) + "}"
