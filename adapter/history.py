@@ -124,6 +124,7 @@ GATHER = 0.01  # seconds the writer waits for more readings before a transaction
 # a page per device it touched: at 2,000 devices that cost more than the rest of the
 # adapter's work and held back the intake.
 FOLD_ROWS = 50_000
+RECORD_CHUNK = 1_000  # messages a transaction of the writer holds at most
 MAX_LAYOUTS = 16  # message shapes remembered per device (Tasmota: SENSOR, STATE, ...)
 FOLD_EVERY = 30.0  # seconds
 
@@ -205,17 +206,22 @@ def bucket_sql(granularity: str) -> str:
     raise ValueError(granularity)
 
 
+# A message's series numbers: the first of consecutive ones, or each as text.
+Series = int | tuple[str, ...]
+
+
 class HistoryStore:
     def __init__(self, path: Path | str, retention: float = 30 * 86400.0) -> None:
         self.retention = retention
         self.db = open_versioned(path, MIGRATIONS, "history")
         self._staged = self.db.execute("SELECT COUNT(*) FROM samples_recent").fetchone()[0]
         self._folded_at = time.monotonic()
-        # Per device, per set of reading names: their units and series numbers (as text),
-        # so a message's samples are one JSON object {series: value} for SQLite to spread.
-        self._layouts: dict[
-            str, dict[tuple[str, ...], tuple[Mapping[str, str], tuple[str, ...]]]
-        ] = {}
+        # Per device, per set of reading names: their units and series numbers, so a
+        # message's samples are one JSON object {series: value} for SQLite to spread. The
+        # numbers of a device's new readings are consecutive, kept as the first one; names
+        # and units are shared by every device with the same (10,000 plugs: 3 MB, not 17).
+        self._layouts: dict[str, dict[tuple[str, ...], tuple[Mapping[str, str], Series]]] = {}
+        self._shared: dict[Any, Any] = {}
 
     def close(self) -> None:
         self.db.close()
@@ -223,7 +229,12 @@ class HistoryStore:
     # --- writing -------------------------------------------------------------------------
 
     def record(self, batch: Sequence[Reading]) -> None:
-        """One transaction per batch: the readings, and each device's latest state."""
+        """The readings, and each device's latest state: a transaction per 1,000 messages
+        (a burst from 10,000 devices held every device's state at once: 20 MB)."""
+        for start in range(0, len(batch), RECORD_CHUNK):
+            self._record(batch[start : start + RECORD_CHUNK])
+
+    def _record(self, batch: Sequence[Reading]) -> None:
         if not batch:
             return
         # Per device: the last message received names the primary; the device's state
@@ -248,7 +259,12 @@ class HistoryStore:
                 if values:
                     units = item.units or {}
                     series = self._series_of(uri, values, units)
-                    by_series = dict(zip(series, values.values(), strict=True))
+                    numbers: Iterable[str] = (
+                        map(str, range(series, series + len(values)))
+                        if isinstance(series, int)
+                        else series
+                    )
+                    by_series = dict(zip(numbers, values.values(), strict=False))
                     samples.append((item.ts, fastjson.dumps_text(by_series)))
                     merged.setdefault(uri, {}).update(values)
                     units_of.setdefault(uri, {}).update(units)
@@ -291,11 +307,10 @@ class HistoryStore:
         if self._staged >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY:
             self.fold()
 
-    def _series_of(
-        self, uri: str, values: Mapping[str, float], units: Mapping[str, str]
-    ) -> tuple[str, ...]:
-        """The series numbers (as text) of a message's readings, in their order; new
-        series are made (inside the caller's transaction)."""
+    def _series_of(self, uri: str, values: Mapping[str, float], units: Mapping[str, str]) -> Series:
+        """The series numbers of a message's readings, in their order: the first of
+        consecutive ones, or each as text; new series are made (inside the caller's
+        transaction)."""
         layouts = self._layouts.get(uri)
         if layouts is None:
             layouts = self._layouts[uri] = {}
@@ -317,8 +332,12 @@ class HistoryStore:
             ids.append(str(number))
         if len(layouts) >= MAX_LAYOUTS:
             layouts.clear()  # a device whose messages keep changing shape: start again
-        layouts[names] = (dict(units), tuple(ids))
-        return layouts[names][1]
+        first = int(ids[0])
+        series: Series = first if ids == [str(first + i) for i in range(len(ids))] else tuple(ids)
+        shared_names = self._shared.setdefault(names, names)
+        shared_units = self._shared.setdefault(tuple(sorted(units.items())), dict(units))
+        layouts[shared_names] = (shared_units, series)
+        return series
 
     def fold(self) -> int:
         """Move the staged readings into the indexed table; returns how many."""
