@@ -318,18 +318,20 @@ class HistoryStore:
         known = layouts.get(names)
         if known is not None and known[0] == units:
             return known[1]
-        ids = []
-        for name in names:
-            unit = units.get(name, "")
-            self.db.execute(
-                "INSERT OR IGNORE INTO series (device, name, unit) VALUES (?, ?, ?)",
-                (uri, name, unit),
+        # Two statements for all of the message's readings, not two for each.
+        wanted = {name: units.get(name, "") for name in names}
+        self.db.execute(
+            "INSERT OR IGNORE INTO series (device, name, unit)"
+            " SELECT ?, key, value FROM json_each(?)",
+            (uri, fastjson.dumps_text(wanted)),
+        )
+        found = {
+            (name, unit): number
+            for number, name, unit in self.db.execute(
+                "SELECT id, name, unit FROM series WHERE device = ?", (uri,)
             )
-            (number,) = self.db.execute(
-                "SELECT id FROM series WHERE device = ? AND name = ? AND unit = ?",
-                (uri, name, unit),
-            ).fetchone()
-            ids.append(str(number))
+        }
+        ids = [str(found[(name, unit)]) for name, unit in wanted.items()]
         if len(layouts) >= MAX_LAYOUTS:
             layouts.clear()  # a device whose messages keep changing shape: start again
         first = int(ids[0])

@@ -171,8 +171,8 @@ def tasmota(document: Any, values: Mapping[str, str] | None = None) -> list[Foun
             add("uptime", value, "s")
         elif (switch := _TASMOTA_SWITCH.match(key)) is not None:
             add(f"{switch['kind'].lower()}_{switch['n']}", value, None)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            add(snake(key), value, None)
+        # Other numbers at the top are no sensor's (Tasmota puts every sensor in an object
+        # of its own): left out rather than guessed at.
     wifi = document.get("Wifi")
     if isinstance(wifi, dict):
         add("rssi", wifi.get("RSSI"), "%")  # Tasmota's RSSI is a quality in %
