@@ -211,6 +211,8 @@ def bucket_sql(granularity: str) -> str:
 
 # A message's series numbers: the first of consecutive ones, or each as text.
 Series = int | tuple[str, ...]
+# A device's message shape: its reading names, their units, their series numbers.
+Layout = tuple[tuple[str, ...], Mapping[str, str], Series]
 
 
 class HistoryStore:
@@ -223,7 +225,8 @@ class HistoryStore:
         # message's samples are one JSON object {series: value} for SQLite to spread. The
         # numbers of a device's new readings are consecutive, kept as the first one; names
         # and units are shared by every device with the same (10,000 plugs: 3 MB, not 17).
-        self._layouts: dict[str, dict[tuple[str, ...], tuple[Mapping[str, str], Series]]] = {}
+        # Most devices send one shape: kept as a tuple; a dict by names for those with more.
+        self._layouts: dict[str, Layout | dict[tuple[str, ...], Layout]] = {}
         self._shared: dict[Any, Any] = {}
 
     def close(self) -> None:
@@ -314,13 +317,11 @@ class HistoryStore:
         """The series numbers of a message's readings, in their order: the first of
         consecutive ones, or each as text; new series are made (inside the caller's
         transaction)."""
-        layouts = self._layouts.get(uri)
-        if layouts is None:
-            layouts = self._layouts[uri] = {}
         names = tuple(values)
-        known = layouts.get(names)
-        if known is not None and known[0] == units:
-            return known[1]
+        layouts = self._layouts.get(uri)
+        known = layouts.get(names) if isinstance(layouts, dict) else layouts
+        if known is not None and known[0] == names and known[1] == units:
+            return known[2]
         # Two statements for all of the message's readings, not two for each.
         wanted = {name: units.get(name, "") for name in names}
         self.db.execute(
@@ -335,13 +336,19 @@ class HistoryStore:
             )
         }
         ids = [str(found[(name, unit)]) for name, unit in wanted.items()]
-        if len(layouts) >= MAX_LAYOUTS:
-            layouts.clear()  # a device whose messages keep changing shape: start again
         first = int(ids[0])
         series: Series = first if ids == [str(first + i) for i in range(len(ids))] else tuple(ids)
         shared_names = self._shared.setdefault(names, names)
         shared_units = self._shared.setdefault(tuple(sorted(units.items())), dict(units))
-        layouts[shared_names] = (shared_units, series)
+        layout: Layout = (shared_names, shared_units, series)
+        if layouts is None or (not isinstance(layouts, dict) and layouts[0] == names):
+            self._layouts[uri] = layout
+        else:
+            if not isinstance(layouts, dict):
+                layouts = self._layouts[uri] = {layouts[0]: layouts}
+            if len(layouts) >= MAX_LAYOUTS:
+                layouts.clear()  # a device whose messages keep changing shape: start again
+            layouts[shared_names] = layout
         return series
 
     def fold(self) -> int:

@@ -1158,3 +1158,29 @@ def test_staged_readings_survive_reopening(tmp_path: Path) -> None:
         assert again.average("dev", Query(None, "all", None), 2000.0)[0]["result"] == 5.0
     finally:
         again.close()
+
+
+def test_a_device_with_several_message_shapes_keeps_each_reading_apart(
+    store: HistoryStore,
+) -> None:
+    # Tasmota's SENSOR and STATE alternate; a unit changes; more shapes than are remembered.
+    w = {"power": "W"}
+    batch = []
+    for i in range(40):
+        batch.append(
+            Reading("t:dev", 100.0 + i, {"power": float(i), "voltage": 230.0}, None, "T", "t", w)
+        )
+        batch.append(Reading("t:dev", 100.5 + i, {"state": float(i % 2)}, None, "T", "t"))
+        batch.append(Reading("t:dev", 100.7 + i, {f"extra_{i}": 1.0}, None, "T", "t"))
+    store.record(batch)
+    store.record([Reading("t:dev", 500.0, {"power": 2.0}, None, "T", "t", {"power": "kW"})])
+    every = Query(None, "all", "power")
+    # The newest power is in kW (its own series), the 40 before in W are not mixed in.
+    assert store.average("t:dev", every, now=1000.0)[0]["data_points"] == 1
+    assert store.average("t:dev", Query(None, "all", "state"), now=1000.0)[0] == {
+        "time_stamp": "1970-01-01T00:01:40.500Z",
+        "result": 0.5,
+        "data_points": 40,
+    }
+    assert store.average("t:dev", Query(None, "all", "extra_39"), now=1000.0)[0]["result"] == 1.0
+    assert store.average("t:dev", Query(None, "all", "voltage"), now=1000.0)[0]["data_points"] == 40
