@@ -127,7 +127,7 @@ GATHER = 0.01  # seconds the writer waits for more readings before a transaction
 # cost 47 us of CPU a message, of 200,000 35 us (the index is walked per series once a
 # fold); an average over staged readings scans at most that many rows (a few ms).
 FOLD_ROWS = 200_000
-RECORD_CHUNK = 1_000  # messages a transaction of the writer holds at most
+RECORD_CHUNK = 250  # messages a transaction of the writer holds at most
 MAX_LAYOUTS = 16  # message shapes remembered per device (Tasmota: SENSOR, STATE, ...)
 FOLD_EVERY = 30.0  # seconds
 
@@ -235,7 +235,7 @@ class HistoryStore:
     # --- writing -------------------------------------------------------------------------
 
     def record(self, batch: Sequence[Reading]) -> None:
-        """The readings, and each device's latest state: a transaction per 1,000 messages
+        """The readings, and each device's latest state: a transaction per 250 messages
         (a burst from 10,000 devices held every device's state at once: 20 MB)."""
         for start in range(0, len(batch), RECORD_CHUNK):
             self._record(batch[start : start + RECORD_CHUNK])
