@@ -160,6 +160,7 @@ async def run(settings: Settings, mappings: MappingSet) -> None:
                 replies=replies,
                 count=pipeline.count,
                 device_type=lambda uri: _type_of(connector.devices.get(uri)),
+                channels=lambda uri: history.channels(uri),
             )
 
             async def mappings_changed(new: MappingSet, removed: Sequence[str]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import anyio
@@ -39,6 +39,7 @@ class CommandHandler:
         replies: Replies,
         count: Callable[[str], None],
         device_type: Callable[[str], str | None] = lambda uri: None,
+        channels: Callable[[str], Sequence[str]] = lambda uri: (),
     ) -> None:
         self.commands = commands
         self.respond = respond
@@ -48,6 +49,7 @@ class CommandHandler:
         self.replies = replies
         self.count = count
         self.device_type = device_type
+        self.channels = channels
         self._next_id = 0
 
     async def run(self, tg: TaskGroup) -> None:
@@ -77,6 +79,7 @@ class CommandHandler:
                 command.data,
                 self._correlation(),
                 self.device_type(command.device_uri),
+                self.channels(command.device_uri),
             )
         except CommandRefused as exc:
             message = f"command {command.service_uri!r} for {command.device_uri!r}: {exc}"

@@ -383,6 +383,18 @@ class HistoryStore:
         ).fetchone()
         return None if row is None else _device_row(row)
 
+    def channels(self, uri: str) -> list[str]:
+        """The channels a device has reported: `x` of its `state_x` readings, and the
+        empty channel of `state` (for commands whose data names none)."""
+        return [
+            name.removeprefix("state_") if name != "state" else ""
+            for (name,) in self.db.execute(
+                "SELECT DISTINCT name FROM series WHERE device = ?"
+                " AND (name = 'state' OR name LIKE 'state\\_%' ESCAPE '\\')",
+                (uri,),
+            )
+        ]
+
     def average(self, uri: str, query: Query, now: float | None = None) -> list[dict[str, Any]]:
         device = self.device(uri)
         if device is None:

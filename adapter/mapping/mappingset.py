@@ -8,7 +8,7 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -332,10 +332,12 @@ class MappingSet:
         data: str,
         correlation: Mapping[str, str] | None = None,
         device_type: str | None = None,
+        channels: Sequence[str] = (),
     ) -> PublishPlan | None:
         """The publish of a command, or None when no rule has it. With the device's type
         known, only rules of that type apply: a Shelly Gen1 and a Gen2 share the uri
-        namespace `shelly:<id>` but not their commands."""
+        namespace `shelly:<id>` but not their commands. `channels`: the channels the device
+        has reported (`state_<channel>` readings), for a command whose data names none."""
         for rule in self.commands:
             if rule.service != service:
                 continue
@@ -345,7 +347,7 @@ class MappingSet:
             if values is None:
                 continue
             if rule.channel is not None:
-                values["channel"] = rule.channel.pick(data)  # raises CommandRefused
+                values["channel"] = rule.channel.pick(data, channels)  # or CommandRefused
             values = {
                 **values,
                 "data": data,

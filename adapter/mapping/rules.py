@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from math import isfinite
@@ -338,8 +338,9 @@ class CommandChannel:
     pattern: re.Pattern[str]
     default: str | None  # None: the data must name one
 
-    def pick(self, data: str) -> str:
-        """The channel from the data: `2`, `"2"`, `{"channel": 2}`; empty: the default."""
+    def pick(self, data: str, known: Sequence[str] = ()) -> str:
+        """The channel from the data: `2`, `"2"`, `{"channel": 2}`; empty: the default, or
+        without one the device's only channel (`known`: the channels it has reported)."""
         text = data.strip()
         if text.startswith(("{", '"')):
             try:
@@ -351,11 +352,15 @@ class CommandChannel:
             if isinstance(decoded, str | int) and not isinstance(decoded, bool):
                 text = str(decoded).strip()
         if not text:
-            if self.default is None:
-                raise CommandRefused(
-                    f"name the channel in the command's data ({self.pattern.pattern})"
-                )
-            return self.default
+            if self.default is not None:
+                return self.default
+            fitting = [k for k in known if self.pattern.fullmatch(k) is not None]
+            if len(fitting) == 1:
+                return fitting[0]
+            raise CommandRefused(
+                f"name the channel in the command's data ({self.pattern.pattern})"
+                + (f"; the device has {', '.join(sorted(fitting))}" if fitting else "")
+            )
         if self.pattern.fullmatch(text) is None:
             raise CommandRefused(
                 f"channel {text[:40]!r} is not one of this device's ({self.pattern.pattern})"

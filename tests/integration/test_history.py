@@ -1184,3 +1184,15 @@ def test_a_device_with_several_message_shapes_keeps_each_reading_apart(
     }
     assert store.average("t:dev", Query(None, "all", "extra_39"), now=1000.0)[0]["result"] == 1.0
     assert store.average("t:dev", Query(None, "all", "voltage"), now=1000.0)[0]["data_points"] == 40
+
+
+def test_the_channels_a_device_reported(store: HistoryStore) -> None:
+    store.record(
+        [
+            Reading("e:node", 1.0, {"state_relay": 1.0, "temperature": 20.0}, None, "N", "t"),
+            Reading("t:plug", 1.0, {"state": 1.0, "state_2": 0.0, "power": 5.0}, None, "P", "t"),
+        ]
+    )
+    assert store.channels("e:node") == ["relay"]
+    assert sorted(store.channels("t:plug")) == ["", "2"]
+    assert store.channels("x:none") == []

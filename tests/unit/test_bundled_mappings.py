@@ -1105,6 +1105,21 @@ def test_commands_for_a_channel_the_device_lacks_are_refused(
     assert str(refused.value) == reason
 
 
+def test_a_command_without_a_channel_takes_the_only_one_the_device_has(
+    bundled: MappingSet,
+) -> None:
+    # ESPHome's switches have no default channel: a node that reported one switch (its
+    # reading state_relay) takes that one; with two, the data must name one.
+    plan = bundled.plan_command("esphome:plug1", "on", "", CORRELATION, None, ["relay"])
+    assert plan is not None and plan.topic == "plug1/switch/relay/command"
+    with pytest.raises(CommandRefused) as refused:
+        bundled.plan_command("esphome:plug1", "on", "", CORRELATION, None, ["a", "b"])
+    assert str(refused.value).endswith("; the device has a, b")
+    # A default (Tasmota's relay 1) wins over what the device reported.
+    plan = bundled.plan_command("tasmota:strip", "on", "", CORRELATION, None, ["2"])
+    assert plan is not None and plan.topic == "cmnd/strip/POWER"
+
+
 def test_shelly_generations_share_uris_but_not_commands(bundled: MappingSet) -> None:
     gen1 = bundled.plan_command("shelly:x", "on", "", CORRELATION, "iot#shelly-gen1")
     gen2 = bundled.plan_command("shelly:x", "on", "", CORRELATION, "iot#shelly-gen2")
