@@ -192,6 +192,7 @@ class Api:
         managed = platform.devices.get(uri)
         row = stored or {}
         device_type = managed.device_type if managed else row.get("type", "")
+        mappings = self.mappings()
         readings = {
             name: {
                 "value": entry.get("value"),
@@ -207,13 +208,13 @@ class Api:
             "uri": uri,
             "name": managed.name if managed else row.get("name", ""),
             "type": device_type,
-            "family": family_of(uri, self.mappings().prefix),
+            "family": family_of(uri, mappings.prefix),
             "online": now.pipeline.online.get(uri),
             "last_seen": row.get("last_seen"),
             "readings": readings,
             "channels": channels_of(readings),
             "primary": row.get("primary"),
-            "commands": self.mappings().commands_of(uri, device_type or None),
+            "commands": mappings.commands_of(uri, device_type or None),
             "last_readings": row.get("last_readings", {}),
             "attached": uri in platform.attached,
             "quarantined": uri in platform.quarantined,

@@ -155,7 +155,7 @@ ESPHOME_PRIORITY = -1
 class _Identity:
     family: str
     device: Document  # a rule's `device`: uri, name, type, tags
-    per_entity: bool  # readings named by object id (ESPHome), else by template or class
+    by_object_id: bool  # readings named by object id (ESPHome), else by template or class
     availability: Document  # the device the availability topics are of
 
 
@@ -318,7 +318,7 @@ def _entity(
     state = _state(build, label, component, config)
     if state is not None:
         topic, template, on, off = state
-        if identity.per_entity:  # as esphome.yaml names it: {object}, state_{object}
+        if identity.by_object_id:  # as esphome.yaml names it: {object}, state_{object}
             name = reading_name(["state", object_id] if component in _CHANNELS else [object_id])
         elif template.json and template.keys:  # value_json.temperature: as the payload says
             name = reading_name(template.keys)
@@ -330,10 +330,10 @@ def _entity(
         if unit:
             reading["unit"] = unit
         build.ranks[name] = _rank(component, config)
-        service = "state" if identity.per_entity and on_off else "sepl_get"
+        service = "state" if identity.by_object_id and on_off else "sepl_get"
         kind = "json" if template.json else "text"
         rule: Document = {"topic": topic, "device": device, "service": service, "payload": kind}
-        if identity.per_entity:
+        if identity.by_object_id:
             rule["priority"] = ESPHOME_PRIORITY
         elif topic.startswith(prefix + "/"):
             # A state topic under homeassistant/ (as HA's own examples place them): taken
@@ -480,7 +480,7 @@ def _commands(
     suffix = ""
     # A node's or HA device's several switches: the service names which (on_my_relay).
     # Zigbee2MQTT's object ids `switch`, `light` name the device's only one.
-    if identity.per_entity or object_id != component:
+    if identity.by_object_id or object_id != component:
         suffix = "_" + reading_name([object_id])
     if component == "number":
         publish = {"topic": topic, "payload": "{data}", "qos": int(qos)}

@@ -33,13 +33,9 @@ def _number(value: Any, unit: str | None) -> tuple[float, str | None] | None:
     if unit is None:
         number = as_number(value)
         return None if number is None else (number, None)
-    reported, factor = _CANONICAL.get(unit) or canonical(unit)
+    reported, factor = canonical(unit)  # cached
     number = as_number(value, factor)
     return None if number is None else (number, reported)
-
-
-# The units the conventions name, looked up once (a dict lookup per reading).
-_CANONICAL: dict[str, tuple[str, float]] = {}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -373,17 +369,3 @@ def shelly_gen2(document: Any, values: Mapping[str, str] | None = None) -> list[
 
 
 CONVENTIONS: dict[str, Convention] = {"tasmota": tasmota, "shelly-gen2": shelly_gen2}
-_CANONICAL.update(
-    (unit, canonical(unit))
-    for unit in (
-        *(unit for _, unit, _ in TASMOTA_ENERGY.values()),
-        *(unit for _, unit in TASMOTA_QUANTITIES.values()),
-        *TASMOTA_UNIT_KEYS.values(),
-        *(unit for fields in SHELLY_GEN2.values() for _, _, unit in fields),
-        "%",
-        "mired",
-        "s",
-        "dBm",
-    )
-    if unit is not None
-)

@@ -96,7 +96,7 @@ _encode_string = json.encoder.encode_basestring
 _float_repr = float.__repr__
 
 
-# Reading names and units as JSON keys (`"power":`), made once each: the same few dozen
+# Reading names as JSON keys (`"power":`), made once each: the same few dozen
 # names come in every message. Bounded: names from all_readings come from the payload.
 _ENCODED: dict[str, str] = {}
 _ENCODED_MAX = 10_000
@@ -156,7 +156,7 @@ def _fast_metadata(
             encoded = names.get(name)
             if encoded is None:
                 encoded = _encoded(name)
-            unit_parts.append(encoded + (names.get(unit) or _encoded(unit))[:-1])
+            unit_parts.append(encoded + _encode_string(unit))
         text += ',"units":{' + ",".join(unit_parts) + "}"
     if encoding:
         return text + ',"encoding":' + _encode_string(encoding) + "}"
