@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 
 from adapter.discovery import DiscoverySource
-from adapter.mapping import MappingError, MappingSet, load_directory
+from adapter.mapping import MappingError, MappingSet, directory_signature, load_directory
 from adapter.status import MappingsStatus
 from adapter.topic import TopicPattern
 
@@ -89,10 +89,10 @@ class LiveMappings:
     async def watch_files(self) -> None:
         """An edited mapping directory takes effect within about a second; an invalid
         edit is logged with its location and the previous mappings stay."""
-        signature = signature_of(self.directory)
+        signature = directory_signature(self.directory)
         while True:
             await anyio.sleep(POLL)
-            current = await anyio.to_thread.run_sync(signature_of, self.directory)
+            current = await anyio.to_thread.run_sync(directory_signature, self.directory)
             if current == signature:
                 continue
             signature = current
@@ -118,15 +118,3 @@ class LiveMappings:
         if self.on_change is not None:
             await self.on_change(new, removed)
         log.info("mappings reloaded: %d rules, %d command rules", len(new.rules), len(new.commands))
-
-
-def signature_of(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """Names, modification times and sizes of the mapping files: cheap to compare."""
-    entries = []
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-        try:
-            stat = path.stat()
-        except OSError:
-            continue
-        entries.append((path.name, stat.st_mtime_ns, stat.st_size))
-    return tuple(entries)

@@ -419,6 +419,8 @@ class Stack:
             *(py, "-m", "adapter", "sandbox"),
             *("--listen", f"{LOOPBACK}:{s.sandbox_port}"),
             *("--state-dir", str(s.state_dir / "sandbox")),
+            # The adapter's mappings: the sandbox takes their device types, also edited ones.
+            *("--mappings-dir", str(s.mappings_dir)),
         ]
         sandbox = ProcessService("sandbox", sandbox_argv, child_env(self.env), self.output)
         self._started(sandbox.start())

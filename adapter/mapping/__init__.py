@@ -34,6 +34,19 @@ def read_files(directory: Path) -> list[tuple[Path, bytes]]:
     return sources
 
 
+def directory_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, modification times and sizes of the mapping files: what a watcher compares
+    to see an edit (the adapter's hot reload, the sandbox's device-type registry)."""
+    entries = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        entries.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(entries)
+
+
 def load_directory(directory: Path, device_prefix: str = "") -> MappingSet:
     """Every *.yaml/*.yml file of a directory; two rules that precedence cannot order
     (equal priority and specificity, overlapping topics) are an error."""
@@ -65,5 +78,6 @@ __all__ = [
     "Rejected",
     "Rule",
     "compile_text",
+    "directory_signature",
     "load_directory",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from adapter import logs
 
 log = logging.getLogger("adapter.sandbox")
+WATCH_PERIOD = 0.5  # seconds between looks at the mapping directory, as the adapter's
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -116,8 +117,9 @@ def serve(args: argparse.Namespace) -> int:
         read_timeout=read_timeout,
     )
     server = SandboxServer(platform, history=history)
+    watched = None if device_types is None else args.mappings_dir
     try:
-        asyncio.run(_run(server, host, port))
+        asyncio.run(_run(server, host, port, watched))
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1
@@ -127,7 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(server: object, host: str, port: int) -> None:
+async def _run(server: object, host: str, port: int, mappings_dir: Path | None) -> None:
     from aiohttp import web
 
     from adapter.sandbox.server import SandboxServer
@@ -142,11 +144,41 @@ async def _run(server: object, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    follower = None
+    if mappings_dir is not None:
+        follower = asyncio.create_task(_follow_mappings(server, mappings_dir))
     try:
         await stop.wait()
     finally:
         log.info("sandbox platform stopping")
+        if follower is not None:
+            follower.cancel()
         await runner.cleanup()
+
+
+async def _follow_mappings(server: object, directory: Path) -> None:
+    """The registry follows the mapping files as the adapter's hot reload does: a type or
+    service an edited file defines is accepted within a second. It only grows, as a
+    platform's types stay when a local file no longer names them."""
+    from adapter.mapping import MappingError, directory_signature, load_directory
+    from adapter.sandbox.server import SandboxServer
+
+    assert isinstance(server, SandboxServer)
+    signature = directory_signature(directory)
+    while True:
+        await asyncio.sleep(WATCH_PERIOD)
+        current = await asyncio.to_thread(directory_signature, directory)
+        if current == signature:
+            continue
+        signature = current
+        try:
+            found = (await asyncio.to_thread(load_directory, directory)).device_types()
+        except MappingError as exc:
+            log.error("device types not reloaded, the registry stays as it was: %s", exc)
+            continue
+        added = server.platform.add_device_types(found)
+        if added:
+            log.info("device types reloaded from %s: %s", directory, ", ".join(added))
 
 
 def _split_listen(text: str) -> tuple[str, int]:

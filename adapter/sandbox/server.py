@@ -21,6 +21,8 @@ from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.envelope import ProtocolError
 from adapter.sepl.legacy import is_legacy_credentials
+from adapter.sepl.lookup import lookup_body
+from adapter.sepl.messages import PART_DATA, PART_METADATA, recognised_parts
 from adapter.sepl.platform import (
     CommandRecord,
     Keepalive,
@@ -74,6 +76,7 @@ class SandboxServer:
                 web.get("/commands/{task_id}", self.get_command),
                 web.get("/events", self.get_events),
                 web.get("/gateways", self.get_gateways),
+                web.get("/device-types", self.get_device_types),
                 web.get("/devices", self.get_devices),
                 web.get(r"/devices/{id:.+}/average", self.get_average),
                 web.post("/devices", self.post_device),
@@ -114,22 +117,28 @@ class SandboxServer:
             return web.Response(text="SEPL sandbox platform: connect with a websocket\n")
         await ws.prepare(request)
         self._sockets.add(ws)
+        refused = False
         try:
-            await self._serve(ws)
+            refused = not await self._serve(ws)
         finally:
             self._sockets.discard(ws)
-            if not ws.closed:
+            if refused and request.transport is not None:
+                # The Go connector ends a refused handshake by closing the TCP connection:
+                # no close frame, no answer (§2.6 step 3).
+                request.transport.close()
+            elif not ws.closed:
                 await ws.close()
         return ws
 
-    async def _serve(self, ws: web.WebSocketResponse) -> None:
+    async def _serve(self, ws: web.WebSocketResponse) -> bool:
+        """The session of one connection; False when its handshake was refused."""
         try:
             first = await self._next_text(ws)
         except TimeoutError:
-            log.info("no credentials within %.0f s; closing", self.platform.read_timeout)
-            return
+            log.info("handshake refused: no credentials within %.0f s", self.platform.read_timeout)
+            return False
         if first is None:
-            return
+            return True
         outbox: asyncio.Queue[str] = asyncio.Queue()
         try:
             if is_legacy_credentials(first):
@@ -142,8 +151,8 @@ class SandboxServer:
                 )
                 outbox.put_nowait(session.handshake_answer())
         except (ProtocolError, Refused) as exc:
-            log.info("handshake refused: %s", exc)  # the real server closes silently
-            return
+            log.info("handshake refused: %s", exc)
+            return False
         self.sessions_opened += 1
         log.info(
             "gateway %s connected (user %r, %d devices restored)",
@@ -160,6 +169,7 @@ class SandboxServer:
             writer.cancel()
             self.platform.close_session(session)
             log.info("gateway %s disconnected", session.gateway.id)
+        return True
 
     async def _next_text(self, ws: web.WebSocketResponse) -> str | None:
         while True:
@@ -239,10 +249,13 @@ class SandboxServer:
     # --- HTTP ----------------------------------------------------------------------------
 
     async def lookup(self, request: web.Request) -> web.Response:
-        url = f"ws://{request.host}/"
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        port = sockname[1] if isinstance(sockname, tuple) else 8093
+        url = lookup_body(request.host, port, secure=request.secure)
         if request.query.get("format") == "json":
             return web.json_response({"url": url})
-        return web.Response(text=url + "\n")
+        return web.Response(text=url)
 
     def _command_answered(self, record: CommandRecord) -> None:
         future = self._waiters.pop(record.task_id, None)
@@ -288,7 +301,13 @@ class SandboxServer:
                 status=504,
             )
         return web.json_response(
-            {"task_id": record.task_id, "request": record.request, "response": answered.response}
+            {
+                "task_id": record.task_id,
+                "request": record.request,
+                "response": answered.response,
+                # The reply's parts, whichever era named them (D10 as amended).
+                **response_parts(answered.response),
+            }
         )
 
     async def get_command(self, request: web.Request) -> web.Response:
@@ -308,6 +327,14 @@ class SandboxServer:
 
     async def get_gateways(self, request: web.Request) -> web.Response:
         return web.json_response([vars(gw) for gw in self.platform.store.gateways()])
+
+    async def get_device_types(self, request: web.Request) -> web.Response:
+        """The registry: each device type with its services; null when every type and
+        service is accepted (`--any-device-type`, or no mappings)."""
+        types = self.platform.device_types
+        if types is None:
+            return web.json_response(None)
+        return web.json_response({name: sorted(types[name]) for name in sorted(types)})
 
     async def get_devices(self, request: web.Request) -> web.Response:
         attached = {uri for s in self.platform.sessions for uri in s.attached}
@@ -343,6 +370,8 @@ class SandboxServer:
                         "user": s.user,
                         "attached": sorted(s.attached),
                         "handled": s.handled,
+                        "errors_in_row": s.errors_in_row,
+                        "most_errors_in_row": s.most_errors_in_row,
                     }
                     for s in self.platform.sessions
                 ],
@@ -390,6 +419,21 @@ def describe_event(record: Mapping[str, Any]) -> str:
     parts = record["parts"]
     data = parts.get("data", "")
     return f"event {record['device_uri']} {record['service_uri']} data={data[:160]}"
+
+
+def response_parts(response: Any) -> dict[str, str]:
+    """`data` and `metadata` of a command's response: its `data`/`metadata` parts, or the
+    2017 client's `body`/`header`."""
+    parts = response.get("protocol_parts") if isinstance(response, dict) else None
+    named = {
+        part["name"]: part["value"]
+        for part in parts or []
+        if isinstance(part, dict)
+        and isinstance(part.get("name"), str)
+        and isinstance(part.get("value"), str)
+    }
+    recognised = recognised_parts(named)
+    return {key: recognised.get(key, "") for key in (PART_DATA, PART_METADATA)}
 
 
 def _error(status: int, message: str) -> web.Response:

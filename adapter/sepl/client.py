@@ -47,6 +47,7 @@ from adapter.sepl.session import (
     HandshakeDone,
     Malformed,
     Notice,
+    Phase,
     PutFailed,
     Quarantined,
     Ready,
@@ -67,6 +68,8 @@ OPEN_TIMEOUT = 20.0  # s for TCP, TLS and the websocket upgrade together
 MAX_FRAME = 16 * 1024 * 1024
 TICK = 0.1  # s between looks at the session's deadlines
 SAVE_DEBOUNCE = 0.15  # the device set is written once for a burst of new devices
+# Refusals that clear by themselves once answers come in: the request waits its turn.
+WAIT = (Refusal.WINDOW_FULL, Refusal.BUDGET)
 
 ConnectorStats = SessionStats
 
@@ -439,8 +442,8 @@ class Connector:
         one after an outage."""
         if not self._slot_waiters:
             refusal = send(time.monotonic())
-            if refusal is not Refusal.WINDOW_FULL:
-                self._after(link)
+            self._after(link)
+            if refusal not in WAIT:
                 return refusal
         turn = anyio.Event()
         self._slot_waiters.append(turn)
@@ -450,8 +453,8 @@ class Connector:
                 if link.closed.is_set():
                     return Refusal.NOT_READY
                 refusal = send(time.monotonic())
-                if refusal is not Refusal.WINDOW_FULL:
-                    self._after(link)
+                self._after(link)
+                if refusal not in WAIT:
                     return refusal
                 turn = anyio.Event()
                 self._slot_waiters[0] = turn
@@ -484,6 +487,8 @@ class Connector:
         """After every call into the session: act on its events, then let the writer go."""
         for event in link.session.events_received():
             self._handle(link, event)
+        if self._slot_waiters and link.session.errors_in_row == 0:
+            self._hand_over()  # e.g. a commit's 200 that reset the error budget
         link.write_wanted.set()
 
     def _handle(self, link: _Link, event: Event) -> None:
@@ -688,6 +693,17 @@ class Connector:
                 # the registration's answer (401) says why.
                 with anyio.move_on_after(self.config.request_timeout):
                     await link.registered.wait()
+            elif (
+                link.session.phase is Phase.HANDSHAKE
+                and not link.session.legacy
+                and not exc.close_frame
+            ):
+                # The Go connector refuses credentials by closing the connection unanswered.
+                link.failure = link.failure or (
+                    f"{link.url} closed the link without answering the credentials,"
+                    " as the platform does when it refuses them"
+                    " (CONNECTOR_USER / CONNECTOR_PASSWORD)"
+                )
             link.failure = link.failure or f"link to {link.url} closed: {exc}"
         link.closed.set()
 

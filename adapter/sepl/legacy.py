@@ -16,13 +16,13 @@ from typing import Any
 from adapter.sepl.device import Device
 from adapter.sepl.envelope import ProtocolError, go_json
 from adapter.sepl.messages import (
-    PART_DATA,
-    PART_METADATA,
+    ERA_A_NAMES,
+    PART_BODY,
+    PART_HEADER,
     Command,
     EventBody,
     parse_command,
     parse_event_payload,
-    reply_payload,
 )
 
 UPDATE_FRAME = "update"
@@ -55,10 +55,7 @@ def encode_change(
         "service_name": service_uri,
         "time": str(int(time.time() if now is None else now)),
         "task_id": "",
-        "protocol_parts": [
-            {"name": PART_METADATA, "value": metadata},
-            {"name": PART_DATA, "value": data},
-        ],
+        "protocol_parts": era_a_parts(metadata, data),
         "device_instance_id": "",
         "worker_id": "",
         "output_name": "",
@@ -66,8 +63,20 @@ def encode_change(
     return CHANGE_PREFIX + json.dumps(body, ensure_ascii=False)
 
 
+def era_a_parts(metadata: str | None, data: str | None) -> list[dict[str, str]]:
+    """`header` (the metadata) then `body` (the data), as the 2017 client writes them; a
+    part whose value would be empty is left out (Part 2 §1.5; D10 as amended)."""
+    return [
+        {"name": name, "value": value}
+        for name, value in ((PART_HEADER, metadata), (PART_BODY, data))
+        if value
+    ]
+
+
 def encode_reply(command: Command, data: str | None, metadata: str | None) -> str:
-    return RESPONSE_PREFIX + json.dumps(reply_payload(command, data, metadata), ensure_ascii=False)
+    """The command's object with its parts replaced by the reply's (§1.5, §3.2)."""
+    reply = {**command.raw, "protocol_parts": era_a_parts(metadata, data)}
+    return RESPONSE_PREFIX + json.dumps(reply, ensure_ascii=False)
 
 
 def decode_command(text: str) -> Command:
@@ -128,6 +137,18 @@ def change_as_event(payload: Any) -> EventBody:
 
 
 def encode_command(command: dict[str, Any]) -> str:
+    """A platform command as bare JSON, its parts under their Era A names: the 2017 client
+    reads the payload from `body`."""
+    era_a = {name: old for old, name in ERA_A_NAMES.items()}
+    parts = command.get("protocol_parts")
+    if isinstance(parts, list):
+        renamed = [
+            {**part, "name": era_a.get(part["name"], part["name"])}
+            if isinstance(part, dict) and isinstance(part.get("name"), str)
+            else part
+            for part in parts
+        ]
+        command = {**command, "protocol_parts": renamed}
     return go_json(command)
 
 

@@ -41,6 +41,23 @@ def parse_lookup_body(body: str, *, https: bool) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path or "/", parts.query, ""))
 
 
+def lookup_body(host: str, port: int, *, secure: bool = False) -> str:
+    """What the platform's `GET /lookup` answers: exactly `ws://host:port` (or `wss://`),
+    no path and no line end. The 2017 client cuts the body after `ws://` and at the next
+    `:`s, without trimming: anything after the port would become part of it (§1.2).
+    `host` is the request's Host header (its port, when it names one, wins over `port`)."""
+    try:
+        parts = urlsplit("//" + host)
+        hostname, named_port = parts.hostname, parts.port
+    except ValueError:
+        hostname, named_port = None, None
+    if not hostname:
+        hostname = "127.0.0.1"
+    if ":" in hostname:  # an IPv6 address keeps its brackets
+        hostname = f"[{hostname}]"
+    return f"{'wss' if secure else 'ws'}://{hostname}:{named_port or port}"
+
+
 def registration_url(ws_url: str, path: str, *, https: bool) -> str:
     """Legacy registration goes to the looked-up host and the same port (Part 2 §1.2, D4)."""
     parts = urlsplit(ws_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,21 @@ from adapter.sepl.envelope import ProtocolError
 
 PART_METADATA = "metadata"
 PART_DATA = "data"
+# The same two parts as the 2017 client names them (Part 2 §1.5; D10 as amended). Readers
+# take either name; a part named metadata/data wins over its Era A twin.
+PART_HEADER = "header"
+PART_BODY = "body"
+ERA_A_NAMES = {PART_HEADER: PART_METADATA, PART_BODY: PART_DATA}
+
+
+def recognised_parts(parts: Mapping[str, str]) -> dict[str, str]:
+    """The parts with `header` read as metadata and `body` as data; others as they are."""
+    named = dict(parts)
+    for era_a, name in ERA_A_NAMES.items():
+        if era_a in named:
+            value = named.pop(era_a)
+            named.setdefault(name, value)
+    return named
 
 
 def event_payload(device_uri: str, service_uri: str, data: str, metadata: str) -> dict[str, Any]:
@@ -78,7 +94,7 @@ class Command:
 
     @property
     def data(self) -> str:
-        return self.parts.get(PART_DATA, self.parts.get("body", ""))
+        return self.parts.get(PART_DATA, self.parts.get(PART_BODY, ""))
 
     @property
     def task_id(self) -> str:

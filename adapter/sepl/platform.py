@@ -21,7 +21,12 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from adapter.sepl import envelope, legacy
 from adapter.sepl.envelope import Credentials, ProtocolError, decode_credentials
-from adapter.sepl.messages import EventBody, build_command, parse_event_payload
+from adapter.sepl.messages import (
+    EventBody,
+    build_command,
+    parse_event_payload,
+    recognised_parts,
+)
 
 log = logging.getLogger("adapter.sandbox")
 
@@ -125,6 +130,22 @@ class Platform(Generic[R]):
     on_event: list[Callable[[dict[str, Any]], None]] = field(default_factory=list)
     pending: dict[str, CommandRecord] = field(default_factory=dict)
 
+    def add_device_types(self, found: Mapping[str, frozenset[str]]) -> list[str]:
+        """Types and services joined into the registry (edited mappings); returns what
+        is new, as `type (service, ...)`. Without a registry, nothing to do."""
+        if self.device_types is None:
+            return []
+        types = dict(self.device_types)
+        added = []
+        for name, services in sorted(found.items()):
+            known = types.get(name, frozenset())
+            new = services - known
+            if new or name not in types:
+                added.append(f"{name} ({', '.join(sorted(new))})")
+            types[name] = known | services
+        self.device_types = types
+        return added
+
     def authenticate(self, user: str, password: str) -> bool:
         return self.users is None or self.users.get(user) == password
 
@@ -202,6 +223,7 @@ class PlatformSession:
         self.send = send
         self.attached: dict[str, str] = {}  # device uri -> platform device id
         self.errors_in_row = 0
+        self.most_errors_in_row = 0  # the highest the count reached in this session
         self.client_pings = False  # once the client pings, the server stops pinging (§2.10)
         self.close_reason: str | None = None
         self.handled: dict[str, int] = {}
@@ -273,6 +295,7 @@ class PlatformSession:
             self.errors_in_row = 0
         else:
             self.errors_in_row += 1
+            self.most_errors_in_row = max(self.most_errors_in_row, self.errors_in_row)
             log.info("gateway %s: %s %s", self.gateway.id, answer.status, answer.payload)
             if self.errors_in_row > self.platform.max_errors and self.close_reason is None:
                 self.close_reason = f"too many errors in a row ({self.errors_in_row})"
@@ -296,13 +319,18 @@ class PlatformSession:
             raise ProtocolError("put payload needs string uri, name and iot_type")
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ProtocolError("put tags must be a list of strings")
-        tag_map = dict(t.split(":", 1) if ":" in t else (t, "") for t in tags)
+        # A tag without ":" is wrong syntax to the Go connector: logged, left out, and the
+        # put still answers 200 (§2.9).
+        tag_map = dict(t.split(":", 1) for t in tags if ":" in t)
+        for tag in tags:
+            if ":" not in tag:
+                log.info("put %s: tag %r ignored (no ':')", uri, tag)
         found = self.store.devices_by_uri(self.user, uri)
         if len(found) > 1:
             return Answer(400, f"more than one device with uri {uri!r}")
         if found:
             device = found[0]
-            device.name = name or device.name
+            device.name = name  # set whenever it differs, even to "" (§2.9)
             device.tags = {**device.tags, **tag_map}  # merged, never removed (§8.8)
         else:
             if not iot_type:
@@ -348,8 +376,9 @@ class PlatformSession:
     def on_event(self, payload: Any) -> Answer:
         return self.accept_event(parse_event_payload(payload))
 
-    def accept_event(self, body: EventBody) -> Answer:
-        """The checks and bookkeeping of an event, whichever dialect carried it."""
+    def accept_event(self, body: EventBody, *, any_service: bool = False) -> Answer:
+        """The checks and bookkeeping of an event, whichever dialect carried it;
+        `any_service` skips the service check (a 2017 client names none)."""
         if body.device_uri not in self.attached:
             return Answer(
                 400,
@@ -358,20 +387,22 @@ class PlatformSession:
             )
         device = self.store.device(self.attached[body.device_uri])
         types = self.platform.device_types
-        if device is not None and types is not None:
+        if device is not None and types is not None and not any_service:
             services = types.get(device.type, frozenset())
             if body.service_uri not in services:
                 return Answer(
                     400, f"no service {body.service_uri!r} on device type {device.type!r}"
                 )
+        # Stored as metadata and data whichever era named them (D10 as amended).
+        parts = recognised_parts(body.parts)
         seq = self.store.add_event(
-            time.time(), self.gateway.id, body.device_uri, body.service_uri, body.parts
+            time.time(), self.gateway.id, body.device_uri, body.service_uri, parts
         )
         record = {
             "seq": seq,
             "device_uri": body.device_uri,
             "service_uri": body.service_uri,
-            "parts": body.parts,
+            "parts": parts,
         }
         for callback in self.platform.on_event:
             callback(record)
@@ -440,7 +471,7 @@ class LegacySession(PlatformSession):
             frame = legacy.decode_client_frame(text)
             self.handled[frame.kind] = self.handled.get(frame.kind, 0) + 1
             if frame.kind == "update":
-                self._update()
+                self.listen()
             elif frame.kind == "change":
                 self._change(frame.payload)
             else:
@@ -450,14 +481,19 @@ class LegacySession(PlatformSession):
             log.info("legacy session of %r: %s", self.user, exc)
         return []
 
-    def _update(self) -> None:
-        # The registered devices of this user are listened to from now on (§1.4).
+    def listen(self) -> None:
+        """The registered devices of this user are listened to: when the session opens
+        (a 2017 client that reconnects registers nothing again, §1.3 step 4) and after
+        each `update` (new registrations, §1.4)."""
         for device in self.store.all_devices():
             if device.owner == self.user:
                 self.attached[device.uri] = device.id
 
     def _change(self, payload: Any) -> None:
-        answer = self.accept_event(legacy.change_as_event(payload))
+        # The 2017 client cannot set a message's service (its setter raises), so its events
+        # all name the service "": taken for the device's, whichever it is.
+        event = legacy.change_as_event(payload)
+        answer = self.accept_event(event, any_service=event.service_uri == "")
         if answer.status != 200:
             raise ProtocolError(str(answer.payload))
 
@@ -467,6 +503,7 @@ def open_legacy_session(platform: Platform[Any], first_frame: str, send: Send) -
     if not platform.authenticate(credentials.user, credentials.password):
         raise Refused(f"wrong credentials for user {credentials.user!r}")
     session = LegacySession(platform, credentials.user, send)
+    session.listen()
     platform.sessions.append(session)
     return session
 

@@ -39,6 +39,11 @@ from adapter.sepl.messages import Command, parse_command, reply_payload
 HANDSHAKE_TIMEOUT = 20.0  # v3/v4 client requirement (Part 2 §2.6 step 7)
 SYNC_MIN_TIMEOUT = 35.0  # the platform may retry internally for 30 s (D6, Part 2 §8.10)
 COMMIT_DEBOUNCE = 0.3  # one commit for a burst of new devices (D8)
+# The platform closes a session at the 6th error answer in a row (§2.11). Requests that
+# may fail (below: risky) are held back once this many errors in a row, counting the risky
+# requests still unanswered, could be reached; a commit (always 200, §8.9) then resets the
+# platform's count when nothing else is on its way to do it.
+BUDGET_GUARD = 3
 
 
 class Phase(enum.Enum):
@@ -56,6 +61,8 @@ class Refusal(enum.Enum):
     QUARANTINED = "the device is quarantined"
     CHANGED = "the device differs from the one the gateway manages"
     WINDOW_FULL = "the window of requests in flight is full"
+    # Wait as for WINDOW_FULL: a 200 (another device's, or the session's reset) frees it.
+    BUDGET = "held back: the platform's error budget would run low"
 
 
 # --- events ------------------------------------------------------------------------------
@@ -181,6 +188,7 @@ class SessionStats:
     commands: int = 0
     malformed_frames: int = 0
     unmatched_answers: int = 0
+    budget_resets: int = 0  # commits sent to reset the platform's count of errors in a row
 
 
 @dataclass(slots=True)
@@ -190,6 +198,9 @@ class _Request:
     ref: object = None
     uri: str = ""
     windowed: bool = False  # counts against the window of requests in flight (events, responses)
+    kind: tuple[str, str] = ("", "")  # an event's device type and service
+    risky: bool = False  # may well be refused: puts, and events as send_event tells
+    reset: bool = False  # a commit sent only to reset the platform's count of errors
 
 
 class Tokens:
@@ -253,12 +264,20 @@ class GatewaySession:
         self.attached: set[str] = set()
         self.quarantined: dict[str, str] = {}
         self.in_flight = 0
+        # The platform's count of error answers in a row (§2.11), and what may add to it:
+        # devices and (device type, service) kinds refused since their last 200, and the
+        # kinds that have had no 200 yet in this session.
+        self.errors_in_row = 0
+        self._risky_in_flight = 0
+        self._failing: set[str | tuple[str, str]] = set()
+        self._proven: set[tuple[str, str]] = set()
         self._deadline = 0.0  # of the handshake
         self._pending: dict[str, _Request] = {}
         self._puts: deque[Device] = deque()  # one put at a time, as the v3/v4 client
         self._put_token: str | None = None
         self._commit_due: float | None = None
         self._commit_token: str | None = None
+        self._reset_token: str | None = None
         self._registering: set[str] = set()  # legacy: devices whose registration is under way
         self._writes: list[str] = []
         self._events: list[Event] = []
@@ -329,6 +348,7 @@ class GatewaySession:
             and self.phase is Phase.READY
             and self._put_token is None
             and self._commit_token is None
+            and self._reset_token is None
         ):
             self._commit_due = None
             self._commit(now)
@@ -344,7 +364,7 @@ class GatewaySession:
         for device in self._puts:
             self._events.append(PutFailed(device.uri, reason))
         self._puts.clear()
-        self._put_token = self._commit_token = None
+        self._put_token = self._commit_token = self._reset_token = None
 
     # --- what the caller asks ------------------------------------------------------------
 
@@ -395,11 +415,33 @@ class GatewaySession:
             self.stats.events_acked += 1
             self._events.append(EventDone(ref, None))  # at-most-once: written is delivered
             return None
+        kind = (device.device_type, service)
+        risky = uri in self._failing or kind in self._failing or kind not in self._proven
+        if risky:
+            if self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
+                if self.errors_in_row and not self._pending:
+                    self._reset_budget(now)
+                return Refusal.BUDGET
+            self._risky_in_flight += 1
         token = self.new_token()
-        self._pending[token] = _Request("event", now + self.request_timeout, ref, uri, True)
+        self._pending[token] = _Request(
+            "event", now + self.request_timeout, ref, uri, True, kind, risky
+        )
         self.in_flight += 1
         self._writes.append(envelope.encode_event_request(token, uri, service, data, metadata))
         return None
+
+    def _reset_budget(self, now: float) -> None:
+        """A commit of the devices attached now: the Go connector answers it 200 whatever
+        the repository says (§8.9), which sets the platform's count of errors back to 0.
+        Its hash covers what is attached, so a session that ends before the real commit
+        syncs again next time rather than trust a set it never committed."""
+        if self._reset_token is None and self._commit_token is None and self._put_token is None:
+            self.stats.budget_resets += 1
+            token = self.new_token()
+            self._pending[token] = _Request("commit", now + self.sync_timeout, reset=True)
+            self._writes.append(envelope.encode_request("commit", token, self.committable_hash()))
+            self._reset_token = token
 
     def respond(
         self, ref: object, command: Command, data: str | None, metadata: str | None, now: float
@@ -534,10 +576,23 @@ class GatewaySession:
         handler = request.handler
         # After any error answer only one request may be in flight until a 200 (D8): the
         # platform counts every error in a row towards closing the session.
-        self.window = self.full_window if answer.status == 200 else 1
-        if request.windowed:
-            self.in_flight -= 1
+        ok = answer.status == 200
+        self.window = self.full_window if ok else 1
+        self.errors_in_row = 0 if ok else self.errors_in_row + 1
+        self._unwindow(request)
+        if request.reset:
+            self._reset_token = None
+        if ok and self._puts and self._put_token is None and handler not in ("put", "clear"):
+            self._next_put(now)  # puts held back by the error budget go on
+        if request.reset:
+            return
         if handler == "event":
+            if ok:
+                self._failing.discard(request.uri)
+                self._failing.discard(request.kind)
+                self._proven.add(request.kind)
+            else:
+                self._failing.update((request.uri, request.kind))
             self._events.append(EventDone(request.ref, self._event_outcome(request.uri, answer)))
         elif handler == "response":
             error = None if answer.status == 200 else EventRejected(answer.status, _text(answer))
@@ -587,9 +642,17 @@ class GatewaySession:
             if device.uri in self.attached:
                 self._puts.popleft()
                 continue
+            # A put may be refused (a type the platform lacks): held back, as risky events
+            # are, once the platform's count of errors could reach the guard.
+            if self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
+                if self.errors_in_row:
+                    self._reset_budget(now)
+                return
             self._put_token = self._request(
                 "put", device.put_payload(), now, self.sync_timeout, device.uri
             )
+            self._pending[self._put_token].risky = True
+            self._risky_in_flight += 1
             self.stats.puts += 1
             return
         if self.phase is Phase.SYNC:
@@ -633,6 +696,10 @@ class GatewaySession:
         self.stats.commits += 1
 
     def _unanswered(self, request: _Request, reason: str, now: float) -> None:
+        if request.handler == "put":
+            self._unwindow(request)
+        if request.reset:
+            self._reset_token = None
         if request.handler in ("clear", "commit") and self.phase is Phase.SYNC:
             self._fail(f"sync failed: {reason}")
         elif request.handler == "put":
@@ -644,16 +711,23 @@ class GatewaySession:
                 self._puts.popleft()
             self._events.append(PutFailed(request.uri, reason))
             self._next_put(now)
+        elif request.reset:
+            self._next_put(now)
         elif request.handler == "commit":
             self._commit_token = None
             self._events.append(Notice(f"{reason}; the next sync will commit"))
         else:
             self._settle(request, LinkDown(reason))
 
-    def _settle(self, request: _Request, error: ConnectorError) -> None:
-        """A windowed request that will get no answer."""
+    def _unwindow(self, request: _Request) -> None:
         if request.windowed:
             self.in_flight -= 1
+        if request.risky:
+            self._risky_in_flight -= 1
+
+    def _settle(self, request: _Request, error: ConnectorError) -> None:
+        """A windowed request that will get no answer."""
+        self._unwindow(request)
         if request.handler == "event":
             self._events.append(EventDone(request.ref, error))
         elif request.handler == "response":

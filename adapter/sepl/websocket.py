@@ -25,7 +25,12 @@ READ_SIZE = 65536
 
 
 class LinkClosed(Exception):
-    """The websocket is closed (by either side, or the TCP connection broke)."""
+    """The websocket is closed (by either side, or the TCP connection broke);
+    `close_frame` tells whether the platform said goodbye with a close frame."""
+
+    def __init__(self, reason: str, *, close_frame: bool = False) -> None:
+        super().__init__(reason)
+        self.close_frame = close_frame
 
 
 class _RedactCredentials(logging.Filter):
@@ -61,6 +66,7 @@ class WebSocket:
         self._pongs: dict[bytes, anyio.Event] = {}
         self._ping_count = 0
         self._early: list[str] = []  # messages read together with the handshake answer
+        self._ended: LinkClosed | None = None  # a close read together with messages
 
     @classmethod
     async def connect(
@@ -116,21 +122,26 @@ class WebSocket:
         if self._early:
             early, self._early = self._early, []
             return early
+        if self._ended is not None:
+            raise self._ended
         protocol = self._protocol
         while True:
             if protocol.state is State.CLOSED:
-                raise LinkClosed(_close_text(protocol))
+                raise _closed(protocol)
             try:
                 data = await self._stream.receive(READ_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 protocol.receive_eof()
-                raise LinkClosed(_close_text(protocol)) from None
+                raise _closed(protocol) from None
             protocol.receive_data(data)
             texts = self._take(protocol.events_received())
             await self._flush()  # pongs, and the answer to a close frame
             if protocol.close_expected():
                 await self.aclose()
-                raise LinkClosed(_close_text(protocol))
+                if not texts:
+                    raise _closed(protocol)
+                # The messages before the close still count; the close comes next time.
+                self._ended = _closed(protocol)
             if texts:
                 return texts
 
@@ -220,6 +231,10 @@ async def _handshake(stream: ByteStream, protocol: ClientProtocol) -> list[Frame
 async def _abort(stream: ByteStream) -> None:
     with anyio.CancelScope(shield=True), contextlib.suppress(OSError, anyio.BrokenResourceError):
         await stream.aclose()
+
+
+def _closed(protocol: ClientProtocol) -> LinkClosed:
+    return LinkClosed(_close_text(protocol), close_frame=protocol.close_rcvd is not None)
 
 
 def _close_text(protocol: ClientProtocol) -> str:

@@ -8,6 +8,7 @@ Ports and state are private to the test (DEVSTACK_* overrides), so a developer's
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -20,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,6 +151,7 @@ def test_make_run_delivers_events_and_stops_cleanly_on_ctrl_c(
         assert set(children) == {"mosquitto", "sandbox", "adapter", "sim"}, lines.text()
 
         lines.wait_for(SANDBOX_EVENT, EVENT_TIMEOUT, "event line from the sandbox")
+        run_the_readme_client_example(int(env["DEVSTACK_SANDBOX_PORT"]), tmp_path)
 
         os.killpg(proc.pid, signal.SIGINT)
         code = proc.wait(timeout=STOP_TIMEOUT)
@@ -167,6 +170,60 @@ def test_make_run_delivers_events_and_stops_cleanly_on_ctrl_c(
                 os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+
+
+def readme_blocking_example() -> str:
+    """The README's client example for a plain script, as a user would copy it."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    (example,) = [str(block) for block in blocks if "BlockingConnector()" in block]
+    return example
+
+
+def run_the_readme_client_example(sandbox_port: int, tmp_path: Path) -> None:
+    """Issue [13] 4: the example runs as written against the sandbox of `make run`: its
+    device is put (its type is one the mappings define), its event taken, and the command
+    it waits for answered."""
+    sandbox = f"http://127.0.0.1:{sandbox_port}"
+    env = {
+        **os.environ,
+        "CONNECTOR_URL": f"ws://127.0.0.1:{sandbox_port}/",
+        "XDG_STATE_HOME": str(tmp_path / "client-state"),
+    }
+    client = subprocess.Popen(
+        [sys.executable, "-c", readme_blocking_example()],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + EVENT_TIMEOUT
+        while not sandbox_json(f"{sandbox}/events?device=meter-1"):
+            assert client.poll() is None, client.communicate()[0].decode()
+            assert time.monotonic() < deadline, "no event from the README's example"
+            time.sleep(0.1)
+        request = urllib.request.Request(
+            f"{sandbox}/commands",
+            data=b'{"device": "meter-1", "service": "sepl_get", "timeout": 20}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answered = json.load(answer)
+        assert answered["data"] == '{"status": "done"}'
+        output = client.communicate(timeout=20)[0].decode()
+        assert client.returncode == 0, output
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    (event,) = sandbox_json(f"{sandbox}/events?device=meter-1")
+    assert event["parts"]["data"] == '{"value": 93.786, "unit": "kWh"}'
+
+
+def sandbox_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return json.load(answer)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ D8 error budget and quarantine) and Part 2 §2.6-2.11, §3.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import re
@@ -531,6 +532,57 @@ async def test_poison_device_does_not_spend_the_error_budget(
     assert healthy == "acked" and data == ["healthy"]
 
 
+@pytest.mark.anyio
+async def test_refused_devices_interleaved_with_healthy_ones_never_spend_the_budget(
+    fast_sandbox: FastSandbox, tmp_path: Path
+) -> None:
+    """Issue [13] 5: three devices whose events the platform refuses (400: a service their
+    type lacks), their events interleaved with those of three healthy devices and sent all
+    at once. The platform would close the session at the 6th error in a row (§2.11); it
+    never sees that many, the session stays open and every healthy event is acked."""
+    healthy = [PLUG_A, PLUG_B, PLUG_C]
+    refused = [Device.create(f"test:refused-{n}", f"Refused {n}", DEVICE_TYPE) for n in range(3)]
+    rounds = 6
+    outcomes: dict[str, list[str]] = {}
+    async with (
+        sandbox_http(fast_sandbox) as http,
+        Connector(client_config(fast_sandbox, tmp_path / "cs")) as connector,
+    ):
+        await connector.register([*healthy, *refused])
+        await connector.wait_ready(WAIT)
+
+        async def send(device: Device, service: str, data: str) -> None:
+            try:
+                with anyio.fail_after(WAIT):
+                    await connector.send_event(device, service, data)
+                outcomes.setdefault(device.uri, []).append("acked")
+            except ConnectorError as exc:
+                outcomes.setdefault(device.uri, []).append(type(exc).__name__)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(rounds):
+                for device in refused:  # three refusals in a row, then one healthy event
+                    tg.start_soon(send, device, "no-such-service", f"refused {n}")
+                for device in healthy:
+                    tg.start_soon(send, device, SERVICE, f"healthy {n}")
+        sessions = await http.sessions()
+        (session,) = sessions["open"]
+        data = {device.uri: await http.event_data(device.uri) for device in healthy}
+    print(
+        f"sessions opened {sessions['opened']}; most errors in a row on the platform "
+        f"{session['most_errors_in_row']}; budget resets {connector.stats.budget_resets}; "
+        f"outcomes {outcomes}"
+    )
+    assert sessions["opened"] == 1, "the platform closed the session"
+    assert session["most_errors_in_row"] < 6
+    assert "too many errors" not in fast_sandbox.log_text()
+    for device in healthy:
+        assert outcomes[device.uri] == ["acked"] * rounds
+        assert sorted(data[device.uri]) == sorted(f"healthy {n}" for n in range(rounds))
+    for device in refused:
+        assert outcomes[device.uri] == ["EventRejected"] * rounds
+
+
 # --- 5. command round trip ---------------------------------------------------------------
 
 
@@ -797,6 +849,38 @@ def client_waits(caplog: pytest.LogCaptureFixture) -> list[float]:
 
 ATTEMPTS = 9
 PASSWORD = "pw-Zq81-not-for-logs"
+
+
+def refused_handshake_close(url: str, first_frame: str) -> tuple[Any, Any]:
+    """The close frames received and sent when the platform refuses a handshake."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with connect(url, open_timeout=5) as ws:
+        ws.send(first_frame)
+        try:
+            ws.recv(timeout=5)
+        except ConnectionClosed as closed:
+            return closed.rcvd, closed.sent
+    raise AssertionError("the platform answered a refused handshake")
+
+
+@pytest.mark.anyio
+async def test_a_refused_handshake_closes_the_connection_without_a_close_frame(
+    make_sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    """As the Go connector does (§2.6 step 3): wrong credentials or a first frame that is no
+    JSON end the TCP connection, with no answer and no close frame; the client says why."""
+    sandbox = make_sandbox("--users", "alice:secret")
+    wrong = json.dumps({"user": "alice", "pw": "nope", "gid": "", "token": "credentials"})
+    for first in (wrong, "not json"):
+        received, _ = await anyio.to_thread.run_sync(refused_handshake_close, sandbox.ws_url, first)
+        assert received is None, f"a close frame came for {first!r}: {received}"
+    config = client_config(sandbox, tmp_path / "cs", user="alice", password="nope")
+    async with Connector(config) as connector:
+        with pytest.raises(TimeoutError):
+            await connector.wait_ready(1.5)
+        assert "without answering the credentials" in connector.last_error
 
 
 @pytest.mark.anyio

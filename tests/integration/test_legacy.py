@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,12 @@ async def test_legacy_dialect_end_to_end(sandbox: SandboxProcess, tmp_path: Path
     assert {k: v for k, v in response.items() if k != "protocol_parts"} == {
         k: v for k, v in request.items() if k != "protocol_parts"
     }
-    assert {p["name"]: p["value"] for p in response["protocol_parts"]}["data"] == (
-        '{"POWER":"OFF"}'
-    )
+    # On the wire as the 2017 client wrote a reply (D10 as amended), read by the sandbox.
+    assert response["protocol_parts"] == [
+        {"name": "header", "value": "{}"},
+        {"name": "body", "value": '{"POWER":"OFF"}'},
+    ]
+    assert (answer["data"], answer["metadata"]) == ('{"POWER":"OFF"}', "{}")
     log = sandbox.log_text()
     assert "legacy registration of 1 devices for user 'alice'" in log
     sessions = get_json(f"{sandbox.url}/sessions")
@@ -148,3 +152,101 @@ def _post_status(url: str, body: dict[str, Any]) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+# --- the 2017 client's wire, frame by frame (Part 2 §1; issue [13] 1 and 2) ---------------
+#
+# Written from the protocol reference's account of the 2017 client, not from its code: how
+# it reads the lookup body, what it posts, the frames it writes and the command it reads.
+
+
+def split_like_2017(body: str) -> tuple[str, str]:
+    """HOST after the first `ws://` up to the next `:`, PORT up to the following `:` or the
+    end, nothing trimmed (§1.2)."""
+    rest = body.split("ws://", 1)[1]
+    host, _, after = rest.partition(":")
+    return host, after.split(":", 1)[0]
+
+
+def change_2017(uri: str, service: str, header: str, body: str) -> str:
+    parts = [{"name": n, "value": v} for n, v in (("header", header), ("body", body)) if v]
+    return "change:" + json.dumps(
+        {
+            "device_url": uri,
+            "service_url": service,
+            "service_name": service,
+            "time": "1500554317",
+            "task_id": "",
+            "protocol_parts": parts,
+            "device_instance_id": "",
+            "worker_id": "",
+            "output_name": "",
+        }
+    )
+
+
+def client_2017(sandbox: SandboxProcess) -> dict[str, Any]:
+    from websockets.sync.client import connect
+
+    with urllib.request.urlopen(f"{sandbox.url}/lookup", timeout=3) as answer:
+        body = answer.read().decode()
+    host, port = split_like_2017(body)
+    registered = post_json(
+        f"http://{host}:{port}/discovery",
+        {
+            "credentials": {"user": "", "pw": ""},
+            "devices": [{"id": "zway:meter", "zway_type": "iot#tasmota-plug", "title": "Meter"}],
+        },
+    )
+    metadata = json.dumps(
+        {"time": "2017-07-20T12:00:00.000Z", "topic": "t", "readings": {"power": 42.5}}
+    )
+    with connect(f"ws://{host}:{port}", open_timeout=5) as ws:
+        ws.send(json.dumps({"user": "", "pw": ""}))
+        ws.send("update")
+        ws.send(change_2017("zway:meter", "sepl_get", metadata, '{"power": 42.5}'))
+        ws.send(change_2017("zway:meter", "sepl_get", "", '{"power": 43}'))  # no header
+        command_url = f"{sandbox.url}/commands"
+        post_json(command_url, {"device": "zway:meter", "service": "off", "data": "1", "wait": 0})
+        command = json.loads(ws.recv(timeout=10))
+        parts = {p["name"]: p["value"] for p in command["protocol_parts"]}
+        reply = {**command, "protocol_parts": [{"name": "body", "value": "done " + parts["body"]}]}
+        ws.send("response:" + json.dumps(reply))
+        for _ in range(100):
+            answered = get_json(f"{sandbox.url}/commands/{command['task_id']}")
+            if answered.get("response"):
+                break
+            time.sleep(0.05)
+    return {
+        "lookup": body,
+        "split": (host, port),
+        "registered": registered,
+        "command": command,
+        "answered": answered,
+    }
+
+
+@pytest.mark.anyio
+async def test_the_2017_client_wire_against_the_sandbox(sandbox: SandboxProcess) -> None:
+    seen = await anyio.to_thread.run_sync(client_2017, sandbox)
+    assert seen["lookup"] == f"ws://127.0.0.1:{sandbox.port}"  # no path, no line end
+    assert seen["split"] == ("127.0.0.1", str(sandbox.port))
+    assert seen["registered"] == {"registered": 1}
+    # header and body are the event's metadata and data; a missing header is no metadata.
+    events = await anyio.to_thread.run_sync(get_json, f"{sandbox.url}/events?device=zway:meter")
+    assert [e["parts"] for e in events] == [
+        {
+            "metadata": json.dumps(
+                {"time": "2017-07-20T12:00:00.000Z", "topic": "t", "readings": {"power": 42.5}}
+            ),
+            "data": '{"power": 42.5}',
+        },
+        {"data": '{"power": 43}'},
+    ]
+    average = await anyio.to_thread.run_sync(
+        get_json, f"{sandbox.url}/devices/zway:meter/average?measurement=power"
+    )
+    assert [row["result"] for row in average] == [42.5]
+    # The command's payload in `body`, where the 2017 client reads it; its reply in `body`.
+    assert seen["command"]["protocol_parts"] == [{"name": "body", "value": "1"}]
+    assert seen["answered"]["response"]["protocol_parts"] == [{"name": "body", "value": "done 1"}]

@@ -103,6 +103,9 @@ async def test_event_answers_commands_and_control_frames_mixed(
         async with Connector(config) as connector:
             await connector.register([DEVICE])
             await connector.wait_ready(10)
+            # One event first: until an event of a (type, service) had its 200, only a few
+            # go at once (the error budget, issue [13]).
+            await connector.send_event(DEVICE, "sepl_get", '{"n":-1}', "{}")
             events = [(DEVICE, "sepl_get", f'{{"n":{n}}}', "{}") for n in range(20)]
             sent = [Event(*fields) for fields in events]
             rest: list[Event] = []
@@ -116,7 +119,7 @@ async def test_event_answers_commands_and_control_frames_mixed(
             assert command.device_uri == DEVICE.uri and command.data == '{"power":"ON"}'
             assert outcomes == [None] * 20
             assert sorted(answered, key=lambda e: e.data) == sorted(sent, key=lambda e: e.data)
-            assert connector.stats.events_acked == 20
+            assert connector.stats.events_acked == 21
             assert connector.stats.unmatched_answers == 1
             assert connector.stats.malformed_frames == 1  # the binary frame
             assert connector.ready

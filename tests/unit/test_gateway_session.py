@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapter.sandbox.store import SandboxStore
 from adapter.sepl import legacy
 from adapter.sepl.device import EMPTY_GATEWAY_HASH, Device, gateway_hash
 from adapter.sepl.envelope import (
@@ -45,7 +46,9 @@ from adapter.sepl.messages import (
     parse_event_payload,
     reply_payload,
 )
+from adapter.sepl.platform import Platform, PlatformSession
 from adapter.sepl.session import (
+    BUDGET_GUARD,
     COMMIT_DEBOUNCE,
     HANDSHAKE_TIMEOUT,
     SYNC_MIN_TIMEOUT,
@@ -167,6 +170,15 @@ def managed_session(
 def only(frames: list[Envelope], handler: str) -> Envelope:
     assert [f.handler for f in frames] == [handler], frames
     return frames[0]
+
+
+def prove(session: GatewaySession, *devices: Device) -> None:
+    """An event of each device's kind (its type, service "s") answered 200: events of
+    those kinds are no longer held back as new to the platform (issue [13] 5)."""
+    for device in devices:
+        assert session.send_event(("proof", device.uri), device, "s", "d", "", 0.0) is None
+        frame = only(sent(session), "event")
+        assert answer(session, frame.token) == [EventDone(("proof", device.uri), None)]
 
 
 def of_type(events: Iterable[Event], kind: type[Any]) -> list[Any]:
@@ -701,6 +713,7 @@ def test_event_frames_are_byte_identical_to_the_generic_encoder(
 
 def test_tokens_of_requests_are_distinct() -> None:
     session = ready_session(window=50)
+    prove(session, D1)
     for ref in range(20):
         session.send_event(ref, D1, "s", "d", "", 0.0)
         session.respond(ref, parse_command(COMMAND), "d", "", 0.0)
@@ -798,7 +811,8 @@ def test_the_window_limits_the_requests_in_flight() -> None:
     ("status", "payload"), [(400, "bad"), (500, "boom"), (400, NOT_LISTENING_D1)]
 )
 def test_an_error_answer_narrows_the_window_to_one_until_a_200(status: int, payload: str) -> None:
-    session = ready_session(window=4)
+    session = ready_session((D1, D2, D3), window=4)
+    prove(session, D1, D2, D3)
     for ref, device in (("a", D1), ("b", D2), ("c", D2)):
         assert session.send_event(ref, device, "s", "d", "", 0.0) is None
     a, b, c = sent(session)
@@ -811,15 +825,24 @@ def test_an_error_answer_narrows_the_window_to_one_until_a_200(status: int, payl
     assert session.send_event("x", D2, "s", "d", "", 0.0) is Refusal.WINDOW_FULL
     answer(session, c.token, 400, "again")
     assert (session.window, session.in_flight) == (1, 0)
-    # Nothing in flight: one request may go, and only one.
-    assert session.send_event("d", D2, "s", "d", "", 0.0) is None
+    # Three errors in a row: the refused devices wait (issue [13] 5), and with nothing on
+    # its way to reset the platform's count, a commit goes to do it.
+    assert session.send_event("x", D2, "s", "d", "", 0.0) is Refusal.BUDGET
+    reset = only(sent(session), "commit")
+    # Of the devices attached now; no Committing event: the device set on disk stays.
+    assert reset.payload == session.committable_hash()
+    assert session.events_received() == []
+    assert session.stats.budget_resets == 1
+    # A device not refused, of a kind that had its 200, may go meanwhile, and only one.
+    assert session.send_event("d", D3, "s", "d", "", 0.0) is None
     assert session.respond("r", parse_command(COMMAND), "d", "", 0.0) is Refusal.WINDOW_FULL
     d = only(sent(session), "event")
     assert answer(session, d.token) == [EventDone("d", None)]
-    assert session.window == 4
+    assert answer(session, reset.token) == []
+    assert (session.window, session.errors_in_row) == (4, 0)
     for ref in ("e", "f", "g", "h"):
-        assert session.send_event(ref, D2, "s", "d", "", 0.0) is None
-    assert session.send_event("i", D2, "s", "d", "", 0.0) is Refusal.WINDOW_FULL
+        assert session.send_event(ref, D3, "s", "d", "", 0.0) is None
+    assert session.send_event("i", D3, "s", "d", "", 0.0) is Refusal.WINDOW_FULL
 
 
 def test_an_error_answer_to_a_response_narrows_the_window_too() -> None:
@@ -1520,8 +1543,8 @@ def test_a_legacy_event_is_a_change_frame_done_once_written(
     assert frames[0] == (
         'change:{"device_url": "3iguegr9hgh9", "service_url": "sepl_get", '
         '"service_name": "sepl_get", "time": "1500554317", "task_id": "", "protocol_parts": '
-        f'[{{"name": "metadata", "value": {json.dumps(META)}}}, '
-        f'{{"name": "data", "value": {json.dumps(DATA)}}}], '
+        f'[{{"name": "header", "value": {json.dumps(META)}}}, '
+        f'{{"name": "body", "value": {json.dumps(DATA)}}}], '
         '"device_instance_id": "", "worker_id": "", "output_name": ""}'
     )
     assert session.events_received() == [EventDone(ref, None) for ref in range(5)]
@@ -1532,11 +1555,6 @@ def test_a_legacy_event_is_a_change_frame_done_once_written(
     assert (frame.kind, body.device_uri, body.service_uri) == ("change", D1.uri, "sepl_get")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue [13], D10 (amended): legacy parts are named header/body and an empty part "
-    "is left out; legacy.encode_change still writes metadata/data, always both",
-)
 @pytest.mark.parametrize(
     ("metadata", "parts"),
     [
@@ -1636,7 +1654,9 @@ def test_a_legacy_response_is_a_response_frame_done_once_written() -> None:
     assert text == legacy.encode_reply(command, DATA, "")
     assert text.startswith("response:")
     frame = legacy.decode_client_frame(text)
-    assert frame == legacy.Frame("response", reply_payload(command, DATA, ""))
+    # The command's fields as they came, the reply in `body`; the empty header left out.
+    parts = [{"name": "body", "value": DATA}]
+    assert frame == legacy.Frame("response", {**COMMAND, "protocol_parts": parts})
     assert session.events_received() == [ResponseDone("r1", None)]
     assert session.in_flight == 0
 
@@ -1725,6 +1745,8 @@ class Pending:
     handler: str
     deadline: float
     ref: int | None
+    risky: bool = False  # an event that may well be refused: counts against the guard
+    kind: tuple[str, tuple[str, str]] = ("", ("", ""))  # an event's device and kind
 
 
 @dataclass
@@ -1746,6 +1768,12 @@ class Model:
     unmatched: int = 0
     malformed: int = 0
     acked: int = 0
+    # The error budget (issue [13] 5): errors in a row, devices and kinds refused since
+    # their last 200, kinds that had a 200.
+    errors: int = 0
+    failing: set[object] = field(default_factory=set)
+    proven: set[tuple[str, str]] = field(default_factory=set)
+    sending: tuple[str, str] | None = None  # the kind of the event being sent, if risky
 
     def __post_init__(self) -> None:
         self.session = GatewaySession(
@@ -1770,8 +1798,9 @@ class Model:
         if op.kind == "send":
             device = POOL[op.index]
             new_ref = self._new_ref()
+            expected = self._expected_refusal(device.uri, device)
             refusal = session.send_event(new_ref, device, "s", "d", "", self.now)
-            assert refusal is self._expected_refusal(device.uri)
+            assert refusal is expected
         elif op.kind == "respond":
             new_ref = self._new_ref()
             refusal = session.respond(new_ref, parse_command(COMMAND), "d", "", self.now)
@@ -1828,8 +1857,9 @@ class Model:
         self.next_ref += 1
         return self.next_ref
 
-    def _expected_refusal(self, uri: str | None) -> Refusal | None:
+    def _expected_refusal(self, uri: str | None, device: Device | None = None) -> Refusal | None:
         session = self.session
+        self.sending = None
         if self.closed:
             return Refusal.NOT_READY
         if uri is not None and uri in session.quarantined:
@@ -1838,6 +1868,13 @@ class Model:
             return Refusal.NOT_ATTACHED
         if self.windowed() >= self.window:
             return Refusal.WINDOW_FULL
+        if device is not None:
+            kind = (device.device_type, "s")
+            if uri in self.failing or kind in self.failing or kind not in self.proven:
+                risky = sum(1 for p in self.pending.values() if p.risky)
+                if self.errors + risky >= BUDGET_GUARD:
+                    return Refusal.BUDGET
+                self.sending = kind
         return None
 
     def _answer(self, token: str, kind: str) -> None:
@@ -1851,6 +1888,14 @@ class Model:
         else:
             # Any error answer narrows the window to 1 until a 200 (D8), puts included.
             self.window = WINDOW if status == 200 else 1
+            self.errors = 0 if status == 200 else self.errors + 1
+            if request.handler == "event":
+                uri, event_kind = request.kind
+                if status == 200:
+                    self.failing -= {uri, event_kind}
+                    self.proven.add(event_kind)
+                else:
+                    self.failing |= {uri, event_kind}
         if not self.closed and request is not None and request.ref is not None:
             if request.handler == "event" and status == 200:
                 self.acked += 1
@@ -1886,8 +1931,15 @@ class Model:
                     assert not handlers & {"put", "commit"}, "a commit beside a put or commit"
                     attached = [d for u, d in self.managed.items() if u in session.attached]
                     assert frame.payload == gateway_hash(attached)
-                    assert committing == [frame.payload]
-            self.pending[frame.token] = Pending(frame.handler, self.now + timeout, ref)
+                    # A commit that only resets the error budget announces nothing.
+                    assert committing in ([frame.payload], [])
+            pending = Pending(frame.handler, self.now + timeout, ref, frame.handler == "put")
+            if frame.handler == "event":
+                uri = frame.payload["device_uri"]
+                event_kind = (self.managed[uri].device_type, frame.payload["service_uri"])
+                pending.kind = (uri, event_kind)
+                pending.risky = self.sending == event_kind
+            self.pending[frame.token] = pending
             self.outstanding.append(frame.token)
         assert windowed_frames == (1 if new_ref is not None else 0)
         for event in events:
@@ -2067,3 +2119,142 @@ def test_receive_never_raises_for_any_text(texts: list[str]) -> None:
         assert session.in_flight == 0
         session.receive(texts[0], 3.0)
         assert session.data_to_send() == []
+
+
+# --- the error budget against the platform's own rules (issue [13] 5) -----------------------
+
+GOOD_TYPE, BAD_SERVICE = "iot#meter", "no-such-service"
+
+
+def linked(devices: Sequence[Device], **options: Any) -> tuple[GatewaySession, PlatformSession]:
+    """A session synced with the sandbox platform's core, frames passed in memory."""
+    platform = Platform(SandboxStore(":memory:"), device_types={GOOD_TYPE: frozenset({"s"})})
+    client = new_session(devices, **options)
+    client.start(0.0)
+    (credentials,) = client.data_to_send()
+    server = platform.open_session(decode_credentials(credentials), lambda text: None)
+    client.receive(server.handshake_answer(), 0.0)
+    pump(client, server)
+    assert client.ready
+    client.events_received()
+    return client, server
+
+
+def pump(client: GatewaySession, server: PlatformSession, now: float = 0.0) -> None:
+    """Every frame the client wrote, answered by the platform, until both are quiet."""
+    while frames := client.data_to_send():
+        for frame in frames:
+            for answer_text in server.handle(frame):
+                client.receive(answer_text, now)
+        client.tick(now)
+
+
+def budget_run(order: Sequence[tuple[Device, str]], window: int) -> dict[str, Any]:
+    """Sends the events in order as the client library does (first come, first served:
+    one refused with WINDOW_FULL or BUDGET waits, and those behind it with it), and
+    answers them with the platform's rules; refused events are not sent again."""
+    devices = sorted({device.uri: device for device, _ in order}.values(), key=lambda d: d.uri)
+    client, server = linked(devices, window=window)
+    waiting = list(enumerate(order))
+    outcomes: dict[object, ConnectorError | None] = {}
+    for _ in range(10 * len(order)):
+        while waiting:
+            ref, (device, service) = waiting[0]
+            refusal = client.send_event(ref, device, service, f"event {ref}", "", 0.0)
+            if refusal is not None:
+                assert refusal in (Refusal.WINDOW_FULL, Refusal.BUDGET), refusal
+                break
+            waiting.pop(0)
+        pump(client, server)
+        for event in client.events_received():
+            if isinstance(event, EventDone):
+                outcomes[event.ref] = event.error
+        if not waiting and len(outcomes) == len(order):
+            break
+    return {
+        "outcomes": outcomes,
+        "most": server.most_errors_in_row,
+        "closed": server.close_reason,
+        "resets": client.stats.budget_resets,
+        "left": len(waiting),
+    }
+
+
+REFUSED = [Device.create(f"t:refused-{n}", f"Refused {n}", GOOD_TYPE) for n in range(3)]
+HEALTHY = [Device.create(f"t:healthy-{n}", f"Healthy {n}", GOOD_TYPE) for n in range(3)]
+
+
+@pytest.mark.parametrize("window", [1, 4, 32])
+def test_refused_devices_interleaved_with_healthy_ones_never_spend_the_budget(
+    window: int,
+) -> None:
+    """Three devices whose events the platform refuses (400: a service their type lacks)
+    send three events in a row before each healthy one, and at the start every kind of
+    event is new: the platform's count never reaches 6, and every healthy event gets 200."""
+    order = []
+    for _ in range(8):
+        order += [(device, BAD_SERVICE) for device in REFUSED]
+        order += [(device, "s") for device in HEALTHY]
+    run = budget_run(order, window)
+    print(f"window {window}: most errors in a row {run['most']}, resets {run['resets']}")
+    assert run["closed"] is None and run["left"] == 0
+    assert run["most"] <= BUDGET_GUARD + 1 < 6
+    for ref, (device, _) in enumerate(order):
+        error = run["outcomes"][ref]
+        if device in HEALTHY:
+            assert error is None
+        else:
+            assert isinstance(error, EventRejected) and error.status == 400
+
+
+def test_only_refused_events_are_held_back_and_a_commit_resets_the_count() -> None:
+    """With nothing healthy to send, the session resets the platform's count itself with a
+    commit (always answered 200, §8.9) before more refused events go."""
+    order = [(device, BAD_SERVICE) for _ in range(5) for device in REFUSED]
+    run = budget_run(order, 32)
+    assert run["closed"] is None and run["left"] == 0
+    assert run["most"] <= BUDGET_GUARD
+    assert run["resets"] >= len(order) // BUDGET_GUARD - 1
+    assert all(isinstance(e, EventRejected) for e in run["outcomes"].values())
+
+
+@FAST
+@given(
+    pattern=st.lists(st.sampled_from(REFUSED + HEALTHY), min_size=1, max_size=40),
+    window=st.integers(1, 40),
+)
+def test_no_order_of_refused_and_healthy_events_spends_the_budget(
+    pattern: list[Device], window: int
+) -> None:
+    order = [(d, BAD_SERVICE if d in REFUSED else "s") for d in pattern]
+    run = budget_run(order, window)
+    assert run["closed"] is None and run["left"] == 0
+    assert run["most"] < 6
+
+
+def test_a_healthy_kind_is_not_held_back_once_proven() -> None:
+    """Only kinds and devices that may be refused count against the guard: once one event
+    of a kind got 200, a full window of that kind goes at once."""
+    client, server = linked(HEALTHY, window=32)
+    assert client.send_event("first", HEALTHY[0], "s", "d", "", 0.0) is None
+    pump(client, server)
+    client.events_received()
+    refusals = [client.send_event(n, HEALTHY[n % 3], "s", "d", "", 0.0) for n in range(32)]
+    assert refusals == [None] * 32
+    assert client.send_event("33rd", HEALTHY[0], "s", "d", "", 0.0) is Refusal.WINDOW_FULL
+
+
+def test_a_sync_with_many_devices_of_an_unknown_type_never_spends_the_budget() -> None:
+    """Seven puts answered 500 (a type the platform lacks) in one sync would close the
+    session at the sixth, and every reconnect would sync into the same close. The puts
+    wait for a reset once the count could reach the guard; the sync ends ready."""
+    unknown = [Device.create(f"t:unknown-{n}", f"U {n}", "iot#unknown") for n in range(7)]
+    client, server = linked([*unknown, HEALTHY[0]])
+    assert server.close_reason is None
+    assert server.most_errors_in_row <= BUDGET_GUARD
+    assert set(client.quarantined) == {d.uri for d in unknown}
+    assert client.attached == {HEALTHY[0].uri}
+    assert client.stats.budget_resets >= 2
+    # The commit that ended the sync covers what is attached.
+    gateway = server.platform.store.gateway(server.gateway.id)
+    assert gateway is not None and gateway.hash == gateway_hash([HEALTHY[0]])

@@ -671,8 +671,24 @@ def reference_map(topic: str, payload: bytes, received: datetime) -> Any:
         data, encoding = payload_text(payload)
         primary = next((name for name in rule.primaries if name in readings), None)
         metadata = reference_metadata(moment, topic, readings, primary, encoding, units)
-        return ("mapped", rule.id, values, data, metadata, repr(readings), tuple(missing), moment)
+        metadata_pairs = same_json(metadata)
+        return (
+            "mapped",
+            rule.id,
+            values,
+            data,
+            metadata_pairs,
+            repr(readings),
+            tuple(missing),
+            moment,
+        )
     return rejected
+
+
+def same_json(text: str) -> Any:
+    """JSON text as its pairs in order: equal for the same JSON, however a float's exponent
+    is written (1e16, 1e+16); NaN as the word."""
+    return json.loads(text, object_pairs_hook=lambda pairs: pairs, parse_constant=str)
 
 
 def outcome_tuple(outcome: Any) -> Any:
@@ -682,7 +698,7 @@ def outcome_tuple(outcome: Any) -> Any:
             outcome.rule.id,
             outcome.values,
             outcome.data,
-            outcome.metadata,
+            same_json(outcome.metadata),
             repr(outcome.readings),
             outcome.missing,
             outcome.time,

@@ -39,6 +39,8 @@ from adapter.sepl.platform import (
     PlatformDevice,
     PlatformSession,
     Refused,
+    open_legacy_session,
+    register,
 )
 
 METER = "iot#type-meter"
@@ -225,7 +227,7 @@ def test_put_twice_keeps_one_device(platform: SandboxPlatform, client: Client) -
     [
         ([], {}),
         (["a:1", "b:2"], {"a": "1", "b": "2"}),
-        (["flag"], {"flag": ""}),
+        (["flag"], {}),  # no ":": ignored, the put still answered 200 (§2.9)
         (["url:http://x"], {"url": "http://x"}),  # split at the first ':' only
         (["a:1", "a:2"], {"a": "2"}),
         (None, {}),
@@ -288,10 +290,24 @@ def test_put_update_merges_tags_and_keeps_platform_keys(
     assert updated.type == METER
     assert updated.tags == {"a": "9", "b": "2", "platform_only": "x"}  # merged, never removed
 
-    # An empty name keeps the stored one.
+    # The Go connector sets the name whenever it differs, even to an empty one (§2.9).
     assert client.call("put", {"uri": "u", "name": "", "iot_type": METER, "tags": []}) == OK
-    (kept,) = platform.store.devices_by_uri("alice", "u")
-    assert kept.name == "New"
+    (emptied,) = platform.store.devices_by_uri("alice", "u")
+    assert emptied.name == ""
+
+
+def test_put_ignores_a_tag_without_colon_and_still_answers_200(
+    platform: SandboxPlatform, client: Client
+) -> None:
+    """Go logs "wrong tag syntax" and leaves the tag out, on creation and on update (§2.9)."""
+    put = {"uri": "u", "name": "n", "iot_type": METER, "tags": ["a:1", "bare", "b:x:y"]}
+    assert client.call("put", put) == OK
+    (created,) = platform.store.devices_by_uri("alice", "u")
+    assert created.tags == {"a": "1", "b": "x:y"}
+    assert client.call("put", {**put, "tags": ["alone", "a:2"]}) == OK
+    (updated,) = platform.store.devices_by_uri("alice", "u")
+    assert updated.tags == {"a": "2", "b": "x:y"}
+    assert client.session.errors_in_row == 0
 
 
 def test_put_update_of_a_device_with_an_unknown_type_still_works(
@@ -565,12 +581,32 @@ def test_event_non_string_part_is_400(
         ([{"name": "data"}], {"data": ""}),
         ([], {}),
         (None, {}),
+        # The 2017 names are read as data and metadata (D10 as amended).
         (
-            [{"name": "body", "value": "b"}, {"name": "header", "value": "h"}],
-            {"body": "b", "header": "h"},
+            [{"name": "header", "value": "h"}, {"name": "body", "value": "b"}],
+            {"metadata": "h", "data": "b"},
+        ),
+        ([{"name": "body", "value": "b"}], {"data": "b"}),
+        # Both names of one part: the standard name wins.
+        (
+            [{"name": "data", "value": "d"}, {"name": "body", "value": "b"}],
+            {"data": "d"},
+        ),
+        (
+            [{"name": "rssi", "value": "-60"}, {"name": "body", "value": "b"}],
+            {"rssi": "-60", "data": "b"},
         ),
     ],
-    ids=["null metadata", "missing value", "no parts", "null value list", "2017 names"],
+    ids=[
+        "null metadata",
+        "missing value",
+        "no parts",
+        "null value list",
+        "2017 names",
+        "2017 body only",
+        "both names",
+        "other parts kept",
+    ],
 )
 def test_event_tolerated_shapes(
     platform: SandboxPlatform, client: Client, value: Any, parts: dict[str, str]
@@ -939,3 +975,60 @@ def test_any_frame_pushes_the_read_deadline_and_silence_closes(
     assert session.close_reason is None
     assert session.keepalive(frame_at + 40.0) is Keepalive.CLOSE
     assert session.close_reason == "silent for 40 s"
+
+
+# --- the legacy dialect's server side (Part 2 §1; D4, D10 as amended; issue [13] 2) -------
+
+
+def legacy_change(uri: str, service: str, parts: list[dict[str, str]]) -> str:
+    body = {"device_url": uri, "service_url": service, "protocol_parts": parts}
+    return "change:" + json.dumps(body)
+
+
+def test_a_legacy_session_listens_to_the_users_registered_devices_from_its_start(
+    platform: SandboxPlatform,
+) -> None:
+    """A 2017 client registers and sends `update` once; after a reconnect it sends only
+    its credentials, and its devices must still be heard (and commanded)."""
+    body = {
+        "credentials": {"user": "", "pw": ""},
+        "devices": [{"id": KITCHEN.uri, "zway_type": METER, "title": "Kitchen"}],
+    }
+    assert register(platform, body) == 1
+    pushed: list[str] = []
+    first = open_legacy_session(platform, '{"user": "", "pw": ""}', pushed.append)
+    assert set(first.attached) == {KITCHEN.uri}
+    platform.close_session(first)
+    again = open_legacy_session(platform, '{"user": "", "pw": ""}', pushed.append)
+    parts = [{"name": "header", "value": '{"readings": {"power": 1.5}}'}]
+    parts.append({"name": "body", "value": "1.5"})
+    assert again.handle(legacy_change(KITCHEN.uri, "sepl_get", parts)) == []
+    (event,) = platform.store.events()
+    assert event["parts"] == {"metadata": '{"readings": {"power": 1.5}}', "data": "1.5"}
+    platform.send_command(KITCHEN.uri, "off", "1")
+    (command,) = pushed
+    assert json.loads(command)["protocol_parts"] == [{"name": "body", "value": "1"}]
+    # A device registered later is heard after the next `update`.
+    register(platform, {**body, "devices": [{"id": "u2", "zway_type": METER, "title": ""}]})
+    assert "u2" not in again.attached
+    again.handle("update")
+    assert "u2" in again.attached
+
+
+def test_a_legacy_event_without_service_is_taken_for_the_devices_own(
+    platform: SandboxPlatform,
+) -> None:
+    """The 2017 client's service setter raises, so its events name the service "": taken.
+    A service named and unknown to the type is refused as in the envelope dialect."""
+    register(
+        platform,
+        {"credentials": {"user": "", "pw": ""}, "devices": [{"id": "m", "zway_type": METER}]},
+    )
+    session = open_legacy_session(platform, '{"user": "", "pw": ""}', lambda text: None)
+    body = [{"name": "body", "value": "7"}]
+    session.handle(legacy_change("m", "", body))
+    session.handle(legacy_change("m", "no-such-service", body))
+    assert [(e["service_uri"], e["parts"]) for e in platform.store.events()] == [
+        ("", {"data": "7"})
+    ]
+    assert session.rejected == 1

@@ -58,7 +58,12 @@ from adapter.sepl.envelope import (
     encode_server_frame,
     go_json,
 )
-from adapter.sepl.lookup import LookupError_, parse_lookup_body, registration_url
+from adapter.sepl.lookup import (
+    LookupError_,
+    lookup_body,
+    parse_lookup_body,
+    registration_url,
+)
 from adapter.sepl.messages import (
     build_command,
     event_payload,
@@ -987,6 +992,36 @@ def test_parse_lookup_body_raises_only_lookup_errors(body: str) -> None:
     except LookupError_:
         return
     assert url.startswith(("ws://", "wss://"))
+
+
+def split_like_2017(body: str) -> tuple[str, str]:
+    """The 2017 client's reading of a lookup body (Part 2 §1.2): after the first `ws://`,
+    HOST up to the next `:`, PORT up to the following `:` or the end, nothing trimmed."""
+    rest = body.split("ws://", 1)[1]
+    host, _, after = rest.partition(":")
+    return host, after.split(":", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "secure", "body"),
+    [
+        ("127.0.0.1:8093", 9, False, "ws://127.0.0.1:8093"),
+        ("localhost", 8093, False, "ws://localhost:8093"),
+        ("", 8093, False, "ws://127.0.0.1:8093"),
+        ("connector.example:443", 8093, True, "wss://connector.example:443"),
+        ("[::1]:8093", 1, False, "ws://[::1]:8093"),
+        ("[::1]", 8093, False, "ws://[::1]:8093"),
+        ("bad host:x", 8093, False, "ws://127.0.0.1:8093"),
+    ],
+)
+def test_lookup_body_is_exactly_scheme_host_and_port(
+    host: str, port: int, secure: bool, body: str
+) -> None:
+    assert lookup_body(host, port, secure=secure) == body
+    # Both readers get the same address: this project's parser and the 2017 client's split.
+    assert parse_lookup_body(body, https=False) == body + "/"
+    if not secure and "[" not in body:
+        assert split_like_2017(body) == tuple(body.removeprefix("ws://").split(":"))
 
 
 @pytest.mark.parametrize(
