@@ -264,7 +264,7 @@ class HistoryStore:
                 values = item.values
                 if values:
                     units = item.units or {}
-                    series = self._series_of(uri, values, units)
+                    series, new_units = self._series_of(uri, values, units)
                     numbers: Iterable[str] = (
                         map(str, range(series, series + len(values)))
                         if isinstance(series, int)
@@ -273,7 +273,8 @@ class HistoryStore:
                     by_series = dict(zip(numbers, values.values(), strict=False))
                     samples.append((item.ts, fastjson.dumps_text(by_series)))
                     merged.setdefault(uri, {}).update(values)
-                    units_of.setdefault(uri, {}).update(units)
+                    if new_units:  # else the device's row has these units already
+                        units_of.setdefault(uri, {}).update(units)
                     times_of.setdefault(uri, {}).update(dict.fromkeys(values, item.ts))
                 if item.primary:
                     with_primary[uri] = item
@@ -285,7 +286,7 @@ class HistoryStore:
                     with_primary.get(uri, item).primary,
                     seen[uri],
                     fastjson.dumps_text(merged.get(uri, {})),
-                    fastjson.dumps_text(units_of.get(uri, {})),
+                    fastjson.dumps_text(units_of[uri]) if uri in units_of else None,
                     fastjson.dumps_text(times_of.get(uri, {})),
                 )
                 for uri, item in newest.items()
@@ -299,13 +300,14 @@ class HistoryStore:
                 samples,
             ).rowcount
             self.db.executemany(
-                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,COALESCE(?,'{{}}'),?)"
                 " ON CONFLICT(uri) DO UPDATE SET"
                 " name = excluded.name, type = excluded.type,"
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
                 " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen)),"
                 " last_readings = json_patch(last_readings, excluded.last_readings),"
-                " units = json_patch(units, excluded.units),"
+                " units = CASE excluded.units WHEN '{}' THEN units"
+                " ELSE json_patch(units, excluded.units) END,"
                 " times = json_patch(times, excluded.times)",
                 latest,
             )
@@ -313,15 +315,18 @@ class HistoryStore:
         if self._staged >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY:
             self.fold()
 
-    def _series_of(self, uri: str, values: Mapping[str, float], units: Mapping[str, str]) -> Series:
+    def _series_of(
+        self, uri: str, values: Mapping[str, float], units: Mapping[str, str]
+    ) -> tuple[Series, bool]:
         """The series numbers of a message's readings, in their order: the first of
         consecutive ones, or each as text; new series are made (inside the caller's
-        transaction)."""
+        transaction). True with them when this shape and these units are new here: the
+        device's row then needs the units (they rarely change: not rewritten each time)."""
         names = tuple(values)
         layouts = self._layouts.get(uri)
         known = layouts.get(names) if isinstance(layouts, dict) else layouts
         if known is not None and known[0] == names and known[1] == units:
-            return known[2]
+            return known[2], False
         # Two statements for all of the message's readings, not two for each.
         wanted = {name: units.get(name, "") for name in names}
         self.db.execute(
@@ -349,7 +354,7 @@ class HistoryStore:
             if len(layouts) >= MAX_LAYOUTS:
                 layouts.clear()  # a device whose messages keep changing shape: start again
             layouts[shared_names] = layout
-        return series
+        return series, True
 
     def fold(self) -> int:
         """Move the staged readings into the indexed table; returns how many."""

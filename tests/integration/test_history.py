@@ -711,6 +711,32 @@ def test_readings_keep_their_units_and_an_average_never_mixes_them(store: Histor
     assert store.average("t:dev", humidity, now=1000.0)[0]["result"] == 40.0
 
 
+def test_a_devices_units_are_written_when_new_and_kept_across_chunks_and_restarts(
+    tmp_path: Path,
+) -> None:
+    """Units are written into a device's row only with a shape (names and units) the
+    writer has not seen for it; later messages leave them as they are, a changed unit
+    replaces its own, and a new writer (a restart) writes them again once."""
+    path = tmp_path / "history.sqlite3"
+    w, kwh = {"power": "W"}, {"power": "W", "energy": "kWh"}
+    first = HistoryStore(path)
+    first.record([Reading("t:p", 100.0, {"power": 1.0}, "power", "P", "t", w)])
+    first.record([Reading("t:p", 101.0, {"power": 2.0}, "power", "P", "t", w)])
+    first.record([Reading("t:p", 102.0, {"power": 3.0, "energy": 9.0}, "power", "P", "t", kwh)])
+    first.record([Reading("t:p", 103.0, {"power": 4.0}, "power", "P", "t", w)])
+    first.close()
+    again = HistoryStore(path)
+    again.record([Reading("t:p", 104.0, {"power": 5.0}, "power", "P", "t", {"power": "kW"})])
+    again.record([Reading("t:p", 105.0, {"power": 6.0}, "power", "P", "t", {"power": "kW"})])
+    device = again.device("t:p")
+    assert device is not None
+    assert device["readings"] == {
+        "power": {"value": 6.0, "unit": "kW", "ts": 105.0},
+        "energy": {"value": 9.0, "unit": "kWh", "ts": 102.0},
+    }
+    again.close()
+
+
 def test_record_keeps_the_latest_state_of_each_device(store: HistoryStore) -> None:
     store.record([])
     assert store.devices() == []
