@@ -537,8 +537,8 @@ async def test_refused_devices_interleaved_with_healthy_ones_never_spend_the_bud
     fast_sandbox: FastSandbox, tmp_path: Path
 ) -> None:
     """Issue [13] 5: three devices whose events the platform refuses (400: a service their
-    type lacks), their events interleaved with those of three healthy devices and sent all
-    at once. The platform would close the session at the 6th error in a row (§2.11); it
+    type lacks), two events each, interleaved with those of three healthy devices and sent
+    all at once. The platform would close the session at the 6th error in a row (§2.11); it
     never sees that many, the session stays open and every healthy event is acked."""
     healthy = [PLUG_A, PLUG_B, PLUG_C]
     refused = [Device.create(f"test:refused-{n}", f"Refused {n}", DEVICE_TYPE) for n in range(3)]
@@ -561,8 +561,10 @@ async def test_refused_devices_interleaved_with_healthy_ones_never_spend_the_bud
 
         async with anyio.create_task_group() as tg:
             for n in range(rounds):
-                for device in refused:  # three refusals in a row, then one healthy event
+                # Six refusals in a row if sent as they come, then the healthy events.
+                for device in refused:
                     tg.start_soon(send, device, "no-such-service", f"refused {n}")
+                    tg.start_soon(send, device, "no-such-service", f"refused {n} again")
                 for device in healthy:
                     tg.start_soon(send, device, SERVICE, f"healthy {n}")
         sessions = await http.sessions()
@@ -580,7 +582,7 @@ async def test_refused_devices_interleaved_with_healthy_ones_never_spend_the_bud
         assert outcomes[device.uri] == ["acked"] * rounds
         assert sorted(data[device.uri]) == sorted(f"healthy {n}" for n in range(rounds))
     for device in refused:
-        assert outcomes[device.uri] == ["EventRejected"] * rounds
+        assert outcomes[device.uri] == ["EventRejected"] * rounds * 2
 
 
 # --- 5. command round trip ---------------------------------------------------------------

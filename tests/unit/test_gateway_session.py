@@ -2189,11 +2189,11 @@ def test_refused_devices_interleaved_with_healthy_ones_never_spend_the_budget(
     window: int,
 ) -> None:
     """Three devices whose events the platform refuses (400: a service their type lacks)
-    send three events in a row before each healthy one, and at the start every kind of
+    send six events in a row before each three healthy ones, and at the start every kind of
     event is new: the platform's count never reaches 6, and every healthy event gets 200."""
     order = []
-    for _ in range(8):
-        order += [(device, BAD_SERVICE) for device in REFUSED]
+    for _ in range(8):  # six refusals in a row if sent as they come
+        order += [(device, BAD_SERVICE) for device in REFUSED for _ in range(2)]
         order += [(device, "s") for device in HEALTHY]
     run = budget_run(order, window)
     print(f"window {window}: most errors in a row {run['most']}, resets {run['resets']}")
