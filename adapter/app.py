@@ -18,11 +18,12 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
 
-from adapter import config
+from adapter import config, statedir
 from adapter.commands import CommandHandler
 from adapter.config import Settings
 from adapter.delivery import Sender
@@ -30,7 +31,7 @@ from adapter.discovery import DiscoverySource
 from adapter.history import HistoryStore, HistoryWriter
 from adapter.livemappings import LiveMappings
 from adapter.mapping import MappingError, MappingSet, load_directory
-from adapter.mqtt import MqttLink, stable_client_id
+from adapter.mqtt import MqttLink
 from adapter.outbox import Outbox
 from adapter.pipeline import Pipeline, Replies
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
@@ -98,10 +99,15 @@ def platform_status(connector: Connector) -> PlatformStatus:
 async def run(settings: Settings, mappings: MappingSet) -> None:
     state_dir = settings.adapter_state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
+    with statedir.locked(state_dir):
+        await _run_locked(settings, mappings, state_dir)
+
+
+async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path) -> None:
     # Versions up to 0.1.0 kept compiled mapping files here; nothing reads them any more.
     shutil.rmtree(state_dir / "mappings-cache", ignore_errors=True)
     upgrade_state_dir(state_dir)
-    client_id = settings.mqtt_client_id or stable_client_id(state_dir)
+    client_id = settings.mqtt_client_id or statedir.client_id(state_dir)
     discovery = None
     if any(
         prefix is not None

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from adapter.migrations import SchemaError
+from adapter.statedir import StateDirError
 
 # name: (help, module, parser set-up function, entry function)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -99,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `sepl-adapter check | head`: the reader left; that is not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except SchemaError as exc:
-        # A database from a newer release: one line, exit 2 (the unit does not restart).
+    except (SchemaError, StateDirError) as exc:
+        # A database from a newer release, a state directory in use or with a broken
+        # identity: one line, exit 2 (the unit does not restart).
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return result

@@ -204,11 +204,13 @@ class Outbox:
             # One writer holds the lock for the whole transaction, so AUTOINCREMENT gave
             # the batch consecutive numbers ending at the last insert's.
             last = int(self.db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        first = last - len(events) + 1
         self._count += len(events)
+        if first != self.last_written + 1:
+            self._recount()  # another process wrote in between (a dead-letter replay)
         if self._count > self.max_events:
             self._drop_oldest(self._count - self.max_events, "the outbox is full")
         self.last_written = last
-        first = last - len(events) + 1
         return [
             Entry(first + i, created, e.device, e.service, e.data, e.metadata, e.rule, 0)
             for i, e in enumerate(events)
@@ -249,7 +251,7 @@ class Outbox:
                 (count,),
             )
         dropped = cur.rowcount
-        self._count -= dropped
+        self._removed(dropped)
         self.dropped += dropped
         log.warning("dropped the %d oldest events: %s", dropped, why)
 
@@ -259,7 +261,7 @@ class Outbox:
         with transaction(self.db):
             cur = self.db.execute("DELETE FROM outbox WHERE created < ?", (cutoff,))
         if cur.rowcount:
-            self._count -= cur.rowcount
+            self._removed(cur.rowcount)
             self.dropped += cur.rowcount
             log.warning("dropped %d events older than %.0f s", cur.rowcount, self.max_age)
         return cur.rowcount
@@ -270,7 +272,7 @@ class Outbox:
             return
         with transaction(self.db):
             cur = self.db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-        self._count -= cur.rowcount
+        self._removed(cur.rowcount)
 
     def record_attempt(self, seq: int) -> None:
         with transaction(self.db):
@@ -284,7 +286,7 @@ class Outbox:
                 (time.time() if now is None else now, reason, entry.seq),
             )
             cur = self.db.execute("DELETE FROM outbox WHERE seq = ?", (entry.seq,))
-        self._count -= cur.rowcount
+        self._removed(cur.rowcount)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -299,12 +301,24 @@ class Outbox:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
 
     def written_elsewhere(self) -> bool:
-        """Rows added by another process (a dead-letter replay) since the last look."""
+        """Rows added by another process (a dead-letter replay) since the last look; they
+        are counted now (this process's count knew only its own)."""
         last = self.last_seq()
         if last > self.last_written:
             self.last_written = last
+            self._recount()
             return True
         return False
+
+    def _recount(self) -> None:
+        # O(rows) but rare: another process wrote, or the count went wrong (it was wrong
+        # below zero when a replay's rows were delivered before this process saw them).
+        self._count = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def _removed(self, count: int) -> None:
+        self._count -= count
+        if self._count < 0:
+            self._recount()
 
     def oldest_created(self) -> float | None:
         row = self.db.execute("SELECT MIN(created) FROM outbox").fetchone()
