@@ -268,6 +268,7 @@ class GatewaySession:
         # devices and (device type, service) kinds refused since their last 200, and the
         # kinds that have had no 200 yet in this session.
         self.errors_in_row = 0
+        self._guard = True  # off when a reset was refused: see _answered
         self._risky_in_flight = 0
         self._failing: set[str | tuple[str, str]] = set()
         self._proven: set[tuple[str, str]] = set()
@@ -418,7 +419,7 @@ class GatewaySession:
         kind = (device.device_type, service)
         risky = uri in self._failing or kind in self._failing or kind not in self._proven
         if risky:
-            if self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
+            if self._guard and self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
                 if self.errors_in_row and not self._pending:
                     self._reset_budget(now)
                 return Refusal.BUDGET
@@ -582,7 +583,19 @@ class GatewaySession:
         self._unwindow(request)
         if request.reset:
             self._reset_token = None
-        if ok and self._puts and self._put_token is None and handler not in ("put", "clear"):
+            if not ok:
+                # Not the Go connector's commit (always 200): nothing resets the count,
+                # so holding requests back would only stall them. Go on without the guard.
+                self._guard = False
+                self._events.append(
+                    Notice(f"commit answered {answer.status}: the error budget cannot be reset")
+                )
+        if (
+            (ok or request.reset)
+            and self._puts
+            and self._put_token is None
+            and handler not in ("put", "clear")
+        ):
             self._next_put(now)  # puts held back by the error budget go on
         if request.reset:
             return
@@ -644,7 +657,7 @@ class GatewaySession:
                 continue
             # A put may be refused (a type the platform lacks): held back, as risky events
             # are, once the platform's count of errors could reach the guard.
-            if self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
+            if self._guard and self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
                 if self.errors_in_row:
                     self._reset_budget(now)
                 return

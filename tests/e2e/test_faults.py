@@ -60,7 +60,7 @@ def test_a_dead_letter_replay_from_the_cli_keeps_the_running_adapters_counts(
     ).start()
     try:
         for n in range(3):  # not JSON: refused by the rule, kept as dead letters
-            publish(broker.port, "tele/kitchen/SENSOR", f"not json {n}".encode())
+            publish(broker.port, "tele/kitchen/SENSOR", f"not json {n}")
         wait_until(lambda: get(f"{api}/healthz")[1]["dead_letters"] == 3, 15, "3 dead letters")
         replayed = cli(state, "deadletters", "replay")
         assert replayed.returncode == 0, replayed.stderr

@@ -1747,6 +1747,7 @@ class Pending:
     ref: int | None
     risky: bool = False  # an event that may well be refused: counts against the guard
     kind: tuple[str, tuple[str, str]] = ("", ("", ""))  # an event's device and kind
+    reset: bool = False  # a commit that only resets the error budget
 
 
 @dataclass
@@ -1774,6 +1775,7 @@ class Model:
     failing: set[object] = field(default_factory=set)
     proven: set[tuple[str, str]] = field(default_factory=set)
     sending: tuple[str, str] | None = None  # the kind of the event being sent, if risky
+    guard: bool = True  # off once a reset commit was refused
 
     def __post_init__(self) -> None:
         self.session = GatewaySession(
@@ -1872,7 +1874,7 @@ class Model:
             kind = (device.device_type, "s")
             if uri in self.failing or kind in self.failing or kind not in self.proven:
                 risky = sum(1 for p in self.pending.values() if p.risky)
-                if self.errors + risky >= BUDGET_GUARD:
+                if self.guard and self.errors + risky >= BUDGET_GUARD:
                     return Refusal.BUDGET
                 self.sending = kind
         return None
@@ -1889,6 +1891,8 @@ class Model:
             # Any error answer narrows the window to 1 until a 200 (D8), puts included.
             self.window = WINDOW if status == 200 else 1
             self.errors = 0 if status == 200 else self.errors + 1
+            if request.reset and status != 200:
+                self.guard = False
             if request.handler == "event":
                 uri, event_kind = request.kind
                 if status == 200:
@@ -1934,6 +1938,7 @@ class Model:
                     # A commit that only resets the error budget announces nothing.
                     assert committing in ([frame.payload], [])
             pending = Pending(frame.handler, self.now + timeout, ref, frame.handler == "put")
+            pending.reset = frame.handler == "commit" and not committing
             if frame.handler == "event":
                 uri = frame.payload["device_uri"]
                 event_kind = (self.managed[uri].device_type, frame.payload["service_uri"])
@@ -2027,11 +2032,16 @@ def test_any_sync_ends_ready_with_the_right_hash_or_failed(
     answers = iter(statuses)
     expect_failure = False
     now = 0.0
+    resets = 0
     while not (session.ready or session.closed):
         frames = sent(session)
         assert len(frames) == 1, "one sync request at a time"
         (frame,) = frames
-        status = next(answers)
+        # A commit sent only to reset the error budget (issue [13]) does not end the sync,
+        # and its failure does not fail it.
+        reset = frame.handler == "commit" and session.stats.budget_resets > resets
+        resets = session.stats.budget_resets
+        status = next(answers, 200)
         if frame.handler == "put":
             puts.append(frame.payload["uri"])
         if status == -1:
@@ -2040,9 +2050,9 @@ def test_any_sync_ends_ready_with_the_right_hash_or_failed(
             expect_failure = True
         else:
             session.receive(encode_response(status, frame.token, "x"), now)
-            if (frame.handler != "put" and status != 200) or status == 404:
+            if (frame.handler != "put" and status != 200 and not reset) or status == 404:
                 expect_failure = True
-        if frame.handler == "commit" and not expect_failure:
+        if frame.handler == "commit" and not expect_failure and not reset:
             good = [d for d in devices if d.uri in session.attached]
             assert frame.payload == gateway_hash(good)
         events += session.events_received()
@@ -2258,3 +2268,18 @@ def test_a_sync_with_many_devices_of_an_unknown_type_never_spends_the_budget() -
     # The commit that ended the sync covers what is attached.
     gateway = server.platform.store.gateway(server.gateway.id)
     assert gateway is not None and gateway.hash == gateway_hash([HEALTHY[0]])
+
+
+def test_a_refused_reset_turns_the_guard_off_rather_than_stall() -> None:
+    """A platform whose commit is not always 200 cannot have its count reset: the session
+    says so and sends as it did before the guard, instead of holding events for ever."""
+    session = ready_session(window=4)
+    for ref in ("a", "b", "c"):
+        assert session.send_event(ref, D1, "s", "d", "", 0.0) is None
+    for frame in sent(session):
+        answer(session, frame.token, 400, "refused")
+    assert session.send_event("held", D1, "s", "d", "", 0.0) is Refusal.BUDGET
+    reset = only(sent(session), "commit")
+    events = answer(session, reset.token, 400, "not a gateway")
+    assert [type(e) for e in events] == [Notice]
+    assert session.send_event("goes", D1, "s", "d", "", 0.0) is None
