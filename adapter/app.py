@@ -68,7 +68,9 @@ def main(args: argparse.Namespace) -> int:
     if settings.connector_tls_insecure:
         log.warning("CONNECTOR_TLS_INSECURE is set: the platform's certificate is not checked")
     try:
-        mappings = load_directory(settings.mappings_dir, settings.device_prefix)
+        mappings = load_directory(
+            settings.mappings_dir, settings.device_prefix, settings.mappings_max_bytes
+        )
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +126,13 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
             settings.discovery_settle,
             settings.discovery_zigbee2mqtt,
         )
-    live = LiveMappings(settings.mappings_dir, settings.device_prefix, mappings, discovery)
+    live = LiveMappings(
+        settings.mappings_dir,
+        settings.device_prefix,
+        mappings,
+        discovery,
+        settings.mappings_max_bytes,
+    )
     mqtt = MqttLink(settings, client_id, live.filters(), state_dir=state_dir)
     outbox = Outbox(
         state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age

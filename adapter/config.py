@@ -118,6 +118,7 @@ class Settings:
     discovery_homeassistant: str | None = "homeassistant"
     discovery_settle: float = 30.0
     discovery_zigbee2mqtt: str | None = "zigbee2mqtt"
+    mappings_max_bytes: int = 8 * 2**20
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -228,6 +229,28 @@ def _path(text: str) -> Path:
     if not text.strip():
         raise ValueError("expected a path")
     return Path(text)
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?", re.I)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "8MiB", "2GB", "512KiB", "1.5MB" or a bare number of bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError("expected a size such as 8MiB, 2GB, 512KiB or a number of bytes")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
 
 
 def _registration_path(text: str) -> str:
@@ -442,6 +465,8 @@ SPECS: tuple[_Spec, ...] = (
         " commands, or off",
         "TOPIC",
     ),
+    # Added with issue [14] (configuration.md, "Added for issues [14] and [15]").
+    _Spec("MAPPINGS_MAX_BYTES", parse_size, "8MiB", "size limit of one mapping file", "SIZE"),
 )
 BY_ENV = {spec.env: spec for spec in SPECS}
 _GROUPS = {spec.env.split("_")[0].lower() for spec in SPECS}

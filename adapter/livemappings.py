@@ -13,7 +13,13 @@ from pathlib import Path
 import anyio
 
 from adapter.discovery import DiscoverySource
-from adapter.mapping import MappingError, MappingSet, directory_signature, load_directory
+from adapter.mapping import (
+    MAX_BYTES,
+    MappingError,
+    MappingSet,
+    directory_signature,
+    load_directory,
+)
 from adapter.status import MappingsStatus
 from adapter.topic import TopicPattern
 
@@ -31,8 +37,10 @@ class LiveMappings:
         device_prefix: str,
         hand_written: MappingSet,
         discovery: DiscoverySource | None,
+        max_bytes: int = MAX_BYTES,
     ) -> None:
         self.directory = directory
+        self.max_bytes = max_bytes
         self.device_prefix = device_prefix
         self.hand_written = hand_written
         self.discovery = discovery
@@ -98,7 +106,7 @@ class LiveMappings:
             signature = current
             try:
                 new = await anyio.to_thread.run_sync(
-                    load_directory, self.directory, self.device_prefix
+                    load_directory, self.directory, self.device_prefix, self.max_bytes
                 )
             except MappingError as exc:
                 self.reload_errors += 1

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapter.config import parse_size
 from adapter.discovery import STATE_FILE, DiscoverySource
 from adapter.history import HistoryStore, format_stamp
 from adapter.mapping import (
@@ -69,7 +70,12 @@ def _load(args: argparse.Namespace) -> MappingSet | None:
     """The hand-written mappings, merged with the rules generated from the discovery
     configs the adapter keeps in its state directory (when one is given)."""
     try:
-        mappings = load_directory(_directory(args), args.device_prefix)
+        max_bytes = parse_size(os.environ.get("MAPPINGS_MAX_BYTES", "") or "8MiB")
+    except ValueError as exc:
+        print(f"error: MAPPINGS_MAX_BYTES: {exc}", file=sys.stderr)
+        return None
+    try:
+        mappings = load_directory(_directory(args), args.device_prefix, max_bytes)
     except MappingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
@@ -104,7 +110,7 @@ def check(args: argparse.Namespace) -> int:
     directory = _directory(args)
     mappings = _load(args)
     if mappings is None:
-        return 1
+        return 2  # as start-up does for the same files
     print(
         f"{directory}: {len(mappings.files)} files, {len(mappings.rules)} rules, "
         f"{len(mappings.commands)} commands"
@@ -230,7 +236,7 @@ def explain_result(mappings: MappingSet, topic: str, payload: bytes) -> dict[str
 def explain(args: argparse.Namespace) -> int:
     mappings = _load(args)
     if mappings is None:
-        return 1
+        return 2  # as start-up does for the same files
     result = explain_result(mappings, args.topic, _payload(args.payload))
     kind = result["outcome"]
     rule = f"rule {result.get('rule')} ({result.get('where')})"

@@ -19,18 +19,33 @@ from adapter.mapping.mappingset import (
 from adapter.mapping.rules import CommandRule, Rule
 from adapter.mapping.yamlsource import MappingError
 
+# MAPPINGS_MAX_BYTES' default: the bundled files are 20-60 KB; a file of tens of MB took
+# `check` minutes and gigabytes of memory (issue [14]).
+MAX_BYTES = 8 * 2**20
 
-def read_files(directory: Path) -> list[tuple[Path, bytes]]:
-    """The mapping files of a directory in name order, with their bytes."""
+
+def read_files(directory: Path, max_bytes: int = MAX_BYTES) -> list[tuple[Path, bytes]]:
+    """The mapping files of a directory in name order, with their bytes; a file larger
+    than `max_bytes` is an error before it is read."""
     files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not directory.is_dir():
         raise MappingError(f"{directory}: not a directory")
     sources = []
     for path in files:
         try:
-            sources.append((path, path.read_bytes()))
+            size = path.stat().st_size
+            if size > max_bytes:
+                raise MappingError(
+                    f"{path}: {size:,} bytes, more than MAPPINGS_MAX_BYTES ({max_bytes:,}):"
+                    " split it, or raise the limit"
+                )
+            with path.open("rb") as handle:
+                data = handle.read(max_bytes + 1)  # it may have grown since
         except OSError as exc:
             raise MappingError(f"{path}: cannot read: {exc}") from None
+        if len(data) > max_bytes:
+            raise MappingError(f"{path}: more than MAPPINGS_MAX_BYTES ({max_bytes:,}) bytes")
+        sources.append((path, data))
     return sources
 
 
@@ -47,10 +62,12 @@ def directory_signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(entries)
 
 
-def load_directory(directory: Path, device_prefix: str = "") -> MappingSet:
+def load_directory(
+    directory: Path, device_prefix: str = "", max_bytes: int = MAX_BYTES
+) -> MappingSet:
     """Every *.yaml/*.yml file of a directory; two rules that precedence cannot order
     (equal priority and specificity, overlapping topics) are an error."""
-    sources = read_files(directory)
+    sources = read_files(directory, max_bytes)
     rules, commands = compile_files(sources)
     return _checked(MappingSet(rules, commands, device_prefix, [str(p) for p, _ in sources]))
 
@@ -67,6 +84,7 @@ def _checked(mappings: MappingSet) -> MappingSet:
 
 
 __all__ = [
+    "MAX_BYTES",
     "AvailabilityChange",
     "CommandRule",
     "Mapped",

@@ -86,13 +86,50 @@ AVAILABILITY_KEYS = {"path", "online", "offline"}
 READING_KEYS = {"path", "scale", "unit"}
 
 
+# Levels a path may nest: brackets, parentheses and braces, and each ||, &&, | and !.
+# JMESPath's parser and search recurse once per level; thousands crashed start-up with a
+# RecursionError thousands of lines long (issue [14]). Real paths use a handful.
+MAX_PATH_DEPTH = 32
+_OPENING, _CLOSING = "([{", ")]}"
+
+
+def path_depth(text: str) -> int:
+    """How deep `text` nests, counting its operators as levels (quoted parts skipped)."""
+    depth = deepest = operators = 0
+    quote: str | None = None
+    previous = ""
+    for char in text:
+        if quote is not None:
+            if char == quote and previous != "\\":
+                quote = None
+        elif char in "\"'`":
+            quote = char
+        elif char in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in _CLOSING:
+            depth -= 1
+        elif char in "|&!" and previous not in ("|", "&"):  # || and && count once
+            operators += 1
+        previous = char
+    return deepest + operators
+
+
 def compile_path(text: Any, where: str, what: str) -> Path:
     if not isinstance(text, str) or not text:
         raise MappingError(f"{where}: {what} must be a path text (JMESPath, or @)")
+    depth = path_depth(text)
+    if depth > MAX_PATH_DEPTH:
+        raise MappingError(
+            f"{where}: {what}: path nested {depth} levels deep (brackets and operators),"
+            f" more than {MAX_PATH_DEPTH}"
+        )
     try:
         return path_of(text)
     except JMESPathError as exc:
-        raise MappingError(f"{where}: {what}: bad path {text!r}: {exc}") from None
+        raise MappingError(f"{where}: {what}: bad path {text[:200]!r}: {exc}") from None
+    except RecursionError:
+        raise MappingError(f"{where}: {what}: path nested too deeply") from None
 
 
 @functools.lru_cache(maxsize=4096)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -15,7 +16,7 @@ from typing import Any
 
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
-from tests.peers import events_of, publish
+from tests.peers import POW_SENSOR, events_of, publish
 from tests.processes import REPO, AdapterProcess, wait_until
 
 
@@ -80,3 +81,103 @@ def test_a_dead_letter_replay_from_the_cli_keeps_the_running_adapters_counts(
         code = adapter.stop()
     assert code == 0
     assert "Traceback" not in adapter.log_text()
+
+
+# --- fault 5: unbounded mapping files ------------------------------------------------------
+
+DEEP_RULE = """\
+family: deep
+device_type: "iot#tasmota-plug"
+rules:
+  - id: deep
+    topic: "deep/{{n}}"
+    device: {{uri: "deep:{{n}}", name: "Deep {{n}}"}}
+    service: sepl_get
+    payload: json
+    readings: {{t: "{path}"}}
+"""
+
+
+def huge_mapping(path: Path, megabytes: int) -> None:
+    """A valid-looking mapping file of `megabytes` MB (rules that all look alike)."""
+    rule = (
+        '  - id: r{n}\n    topic: "huge/{n}"\n    device: {{uri: "huge:{n}", name: "H"}}\n'
+        '    service: sepl_get\n    payload: number\n    readings: {{v: "@"}}\n'
+    )
+    with path.open("w", encoding="utf-8") as out:
+        out.write('family: huge\ndevice_type: "iot#tasmota-plug"\nrules:\n')
+        n = 0
+        while out.tell() < megabytes * 1_000_000:
+            out.write("".join(rule.format(n=k) for k in range(n, n + 1000)))
+            n += 1000
+
+
+def check(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adapter", "check", str(directory)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_huge_or_deeply_nested_mapping_is_one_line_for_check(tmp_path: Path) -> None:
+    """Before: a file of tens of MB took `check` minutes and gigabytes; a path nested
+    thousands deep crashed with a RecursionError traceback thousands of lines long."""
+    huge, deep = tmp_path / "huge", tmp_path / "deep"
+    huge.mkdir()
+    deep.mkdir()
+    huge_mapping(huge / "huge.yaml", 20)
+    (deep / "deep.yaml").write_text(DEEP_RULE.format(path="(" * 5000 + "a" + ")" * 5000))
+    for directory, expected in (
+        (huge, f"{huge / 'huge.yaml'}: 2"),  # "<file>: 20,xxx,xxx bytes, more than ..."
+        (deep, f"{deep / 'deep.yaml'}:9:"),
+    ):
+        done = check(directory)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.startswith(f"error: {expected}"), done.stderr
+    assert "MAPPINGS_MAX_BYTES" in check(huge).stderr
+    assert "nested 5000 levels deep" in check(deep).stderr
+
+
+def test_a_huge_mapping_at_start_up_and_in_a_hot_reload(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Start-up stops with one line; a hot reload logs one and keeps the mappings it had
+    (before, the running adapter read and parsed the whole file, gigabytes of memory)."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    shutil.copy(REPO / "mappings" / "tasmota.yaml", mappings / "tasmota.yaml")
+    huge_mapping(tmp_path / "huge.yaml", 9)  # just over the default 8 MiB
+    env = {"MAPPINGS_DIR": str(mappings)}
+    adapter = AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=tmp_path / "state",
+        log_path=tmp_path / "adapter.log",
+        env=env,
+    ).start()
+    try:
+        shutil.copy(tmp_path / "huge.yaml", mappings / "huge.yaml")
+        adapter.wait_for_log("mapping change not applied", 10)
+        assert "more than MAPPINGS_MAX_BYTES" in adapter.log_text()
+        publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)
+        wait_until(lambda: events_of(sandbox, "tasmota:kitchen"), 15, "an event after it")
+    finally:
+        assert adapter.stop() == 0
+    again = subprocess.run(
+        [sys.executable, "-m", "adapter", "run"],
+        cwd=REPO,
+        env={**adapter.env, "ADAPTER_STATE_DIR": str(tmp_path / "state2")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1, again.stderr[-2000:]
+    assert f"{mappings / 'huge.yaml'}: " in again.stderr
+    assert "more than MAPPINGS_MAX_BYTES" in again.stderr

@@ -66,6 +66,8 @@ CONFIGURATION_NAMES = [
     "LOGLEVEL",
     "LOGFORMAT",  # ours: issue [9], JSON lines for machines
     "DISCOVERY_ZIGBEE2MQTT",  # ours: issue [12], Zigbee2MQTT's device list
+    # configuration.md, "Added for issues [14] and [15]"
+    "MAPPINGS_MAX_BYTES",
 ]
 
 
@@ -130,6 +132,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("loglevel", "info"),
     ("logformat", "text"),
     ("discovery_zigbee2mqtt", "zigbee2mqtt"),
+    ("mappings_max_bytes", 8 * 2**20),
 ]
 
 
@@ -814,3 +817,25 @@ def test_api_off_loopback_needs_a_token(env: dict[str, str], ok: bool) -> None:
         return
     with pytest.raises(config.SettingsError, match=r"ADAPTER_HTTP=.*loopback.*ADAPTER_HTTP_TOKEN"):
         config.load(None, {"HOME": "/tmp", **env})
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("8MiB", 8 * 2**20),
+        ("2GB", 2 * 10**9),
+        ("512KiB", 512 * 1024),
+        ("1.5MB", 1_500_000),
+        ("1048576", 2**20),
+        (" 10 kb ", 10_000),
+        ("3B", 3),
+    ],
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert config.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "0", "-1MB", "8 MiBs", "eight", "1e6"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a size"):
+        config.parse_size(text)

@@ -704,3 +704,50 @@ def test_command_defaults_and_ids() -> None:
         None,
         "iot#generic",
     )
+
+
+# --- limits (issue [14], fault 5) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("ENERGY.Power[0] || ENERGY.Power", 2),
+        ('"DS18B20-1".Temperature', 0),
+        ('params."switch:0".apower', 0),
+        ('"a||b(c".d', 0),  # quoted: no level
+        ("!a", 1),
+        ("a && b || c", 2),
+        ("((a))", 2),
+        ("a" + "[0]" * 500, 1),  # one after another, not nested
+    ],
+)
+def test_path_depth(text: str, depth: int) -> None:
+    from adapter.mapping.compile import path_depth
+
+    assert path_depth(text) == depth
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["(" * 40 + "a" + ")" * 40, " || ".join(["a"] * 40), "!" * 40 + "a", " | ".join("a" * 40)],
+)
+def test_a_path_nested_too_deep_is_an_error_at_its_place(path: str) -> None:
+    text = (
+        'family: x\ndevice_type: "iot#x"\nrules:\n  - id: x\n    topic: "x/{n}"\n'
+        '    device: {uri: "x:{n}", name: "x"}\n    service: s\n    payload: json\n'
+        f'    readings: {{t: "{path}"}}\n'
+    )
+    with pytest.raises(MappingError, match=r"^deep.yaml:9:16: reading 't': path nested \d+ levels"):
+        compile_text(text, "deep.yaml")
+
+
+def test_a_mapping_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from adapter.mapping import load_directory
+
+    (tmp_path / "big.yaml").write_bytes(b"#" * 2000)
+    with pytest.raises(
+        MappingError, match=r"big.yaml: 2,000 bytes, more than MAPPINGS_MAX_BYTES \(1,000\)"
+    ):
+        load_directory(tmp_path, max_bytes=1000)
+    assert load_directory(tmp_path, max_bytes=2000).rules == []
