@@ -6,7 +6,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from adapter import httpserver
@@ -24,6 +25,59 @@ if TYPE_CHECKING:
 log = logging.getLogger("adapter.api")
 
 PLATFORM_DOWN_LIMIT = 60.0  # /healthz answers 503 once the platform link is down this long
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    """`name:port`, `[v6]:port` or a bare name -> (name, port or None)."""
+    if value.startswith("["):
+        name, _, rest = value.partition("]")
+        return f"{name}]", rest[1:] if rest.startswith(":") else None
+    if value.count(":") > 1:  # an IPv6 address without brackets, as a setting may give it
+        return f"[{value}]", None
+    name, colon, port = value.partition(":")
+    return name, port if colon else None
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """Which `Host` headers the API answers without a token, against DNS rebinding: a web
+    page whose name the attacker points at 127.0.0.1 is, to the browser, of the same
+    origin as the API, so it could read the answers; its requests still carry the
+    attacker's name in `Host`, which no one else can make a browser send.
+
+    Accepted: localhost, 127.0.0.1, [::1] and the address the API is bound to, each with
+    the API's port or without a port; a name of ADAPTER_HTTP_HOSTS as given with its
+    port, or, given without one, with any port (behind a port forward or a reverse proxy
+    the port a browser sees is not ours, and the name alone is what a rebinding page
+    cannot fake)."""
+
+    exact: frozenset[str]
+    any_port: frozenset[str]
+
+    @classmethod
+    def create(cls, bound: str | None, port: int | None, extra: Iterable[str] = ()) -> HostCheck:
+        names = [*LOOPBACK_NAMES]
+        if bound:
+            names.append(f"[{bound.lower()}]" if ":" in bound else bound.lower())
+        exact = {*names, *(f"{name}:{port}" for name in names if port is not None)}
+        any_port: set[str] = set()
+        for entry in extra:
+            name, given = _split_host(entry.strip().lower())
+            if given is None:
+                any_port.add(name)
+            else:
+                exact.add(f"{name}:{given}")
+        return cls(frozenset(exact), frozenset(any_port))
+
+    def allows(self, host: str | None) -> bool:
+        # A request without Host (HTTP/1.0 tools; h11 refuses HTTP/1.1 without one) cannot
+        # come from a browser, which always sends the name it was given, so it is not the
+        # rebinding this check is for.
+        value = (host or "").strip().lower()
+        if not value or value in self.exact:
+            return True
+        return _split_host(value)[0] in self.any_port
 
 
 def latency_family(status: DeliveryStatus) -> Metric:
@@ -122,11 +176,15 @@ class Api:
         history: HistoryStore,
         mappings: Callable[[], MappingSet],
         token: str | None = None,
+        hosts: Iterable[str] = (),
     ) -> None:
         self.board = board
         self.history = history
         self.mappings = mappings
         self.token = token
+        self.hosts = tuple(hosts)  # ADAPTER_HTTP_HOSTS
+        # Until serve() knows the bound address and port: the loopback names without a port.
+        self.host_check = HostCheck.create(None, None, self.hosts)
         self.metrics = Metrics(board)
         self.assets = assets("adapter")
         self.router = Router()
@@ -148,10 +206,19 @@ class Api:
         return hmac.compare_digest(given, f"Bearer {self.token}".encode())
 
     async def handle(self, request: Request) -> Response:
-        """Every request: the token check, then the status page's files or the routes.
+        """Every request: without a token the Host check, with one the token check; then
+        the status page's files or the routes.
 
-        A page file may be loaded with the token's cookie instead of the header (see
-        adapter/web); a refused page load gets the login form."""
+        With a token, Host is not checked: a rebinding page cannot send the token (the
+        browser keeps the page's cookie for the API's own name, and the API takes the token
+        only from the header), and an API with a token is usually reached off loopback,
+        under names and addresses (a proxy's, a LAN address, a container's) the adapter
+        cannot know. A page file may be loaded with the token's cookie instead of the
+        header (see adapter/web); a refused page load gets the login form."""
+        if not self.token and not self.host_check.allows(request.headers.get("host")):
+            return error_response(
+                421, "this Host is not served without a token; add it to ADAPTER_HTTP_HOSTS"
+            )
         asset = self.assets.get(request.path)
         if asset is not None:
             if request.method not in ("GET", "HEAD"):
@@ -172,12 +239,19 @@ class Api:
             return _refused()
         return await self.router(request)
 
-    async def serve(self, host: str, port: int) -> None:
-        def ready(bound: int) -> None:
+    async def serve(
+        self, host: str, port: int, *, ready: Callable[[int], None] | None = None
+    ) -> None:
+        """Serve until cancelled; `ready` gets the port once listening (for port 0)."""
+
+        def listening(bound: int) -> None:
+            self.host_check = HostCheck.create(host, bound, self.hosts)
             log.info("local API on http://%s:%d (/devices, /healthz, /metrics)", host, bound)
+            if ready is not None:
+                ready(bound)
 
         try:
-            await httpserver.serve(self.handle, host, port, ready=ready)
+            await httpserver.serve(self.handle, host, port, ready=listening)
         except OSError as exc:
             log.error("local API not started: cannot listen on %s:%d: %s", host, port, exc)
 

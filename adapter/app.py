@@ -31,7 +31,8 @@ from adapter.discovery import DiscoverySource
 from adapter.history import HistoryStore, HistoryWriter
 from adapter.livemappings import LiveMappings
 from adapter.mapping import MappingError, MappingSet, load_directory
-from adapter.mqtt import MqttLink
+from adapter.migrations import CorruptDatabase, move_aside
+from adapter.mqtt import MqttLink, MqttTlsError, tls_context
 from adapter.outbox import Outbox
 from adapter.pipeline import Pipeline, Replies
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
@@ -67,6 +68,14 @@ def main(args: argparse.Namespace) -> int:
         log.warning("MQTT_TLS_INSECURE is set: the broker's certificate is not checked")
     if settings.connector_tls_insecure:
         log.warning("CONNECTOR_TLS_INSECURE is set: the platform's certificate is not checked")
+    # A client certificate that cannot work stops start-up with one line, as an invalid
+    # setting does, instead of a traceback from inside the task group (issue [14]).
+    try:
+        tls_context(settings)
+        ConnectorConfig.from_settings(settings).check_tls()
+    except (MqttTlsError, ConnectorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         mappings = load_directory(
             settings.mappings_dir, settings.device_prefix, settings.mappings_max_bytes
@@ -137,7 +146,7 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
     outbox = Outbox(
         state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
     )
-    history = HistoryStore(state_dir / "history.sqlite3", settings.history_retention)
+    history = open_history(state_dir / "history.sqlite3", settings.history_retention)
     # The writer's own connection, used only on its worker thread.
     history_writes = HistoryStore(state_dir / "history.sqlite3", settings.history_retention)
     recorder = HistoryWriter(history_writes)
@@ -195,7 +204,13 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
                     mappings=live.status,
                 )
                 token = settings.adapter_http_token
-                api = Api(board, history, lambda: live.current, token.get() if token else None)
+                api = Api(
+                    board,
+                    history,
+                    lambda: live.current,
+                    token.get() if token else None,
+                    hosts=settings.adapter_http_hosts,
+                )
                 tg.start_soon(api.serve, *settings.adapter_http)
             tg.start_soon(sender.run)
             tg.start_soon(_expire, outbox)
@@ -223,6 +238,17 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
         outbox.close()
         history.close()
         history_writes.close()
+
+
+def open_history(path: Path, retention: float) -> HistoryStore:
+    """The history; a damaged one is moved aside and a new one started: it only serves
+    averages and device state, and must not keep events from being forwarded."""
+    try:
+        return HistoryStore(path, retention)
+    except CorruptDatabase as exc:
+        aside = move_aside(path)
+        log.error("%s: moved to %s; a new history starts, forwarding goes on", exc, aside)
+        return HistoryStore(path, retention)
 
 
 async def release_devices(connector: Connector, new: MappingSet, removed: Sequence[str]) -> None:

@@ -118,6 +118,11 @@ class Settings:
     discovery_homeassistant: str | None = "homeassistant"
     discovery_settle: float = 30.0
     discovery_zigbee2mqtt: str | None = "zigbee2mqtt"
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None  # None: the key is in the certificate file
+    connector_cert_file: Path | None = None
+    connector_key_file: Path | None = None
+    adapter_http_hosts: tuple[str, ...] = ()
     mappings_max_bytes: int = 8 * 2**20
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
@@ -251,6 +256,15 @@ def parse_size(text: str) -> int:
     if match is None or float(match.group(1)) <= 0:
         raise ValueError("expected a size such as 8MiB, 2GB, 512KiB or a number of bytes")
     return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+def _host_names(text: str) -> tuple[str, ...]:
+    """`a.example,b.example:8081`: names a request's Host header may carry (lower case)."""
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    for name in names:
+        if any(c.isspace() or c in "/@" for c in name):
+            raise ValueError("expected host names separated by commas, such as nas.local")
+    return names
 
 
 def _registration_path(text: str) -> str:
@@ -466,6 +480,17 @@ SPECS: tuple[_Spec, ...] = (
         "TOPIC",
     ),
     # Added with issue [14] (configuration.md, "Added for issues [14] and [15]").
+    _Spec("MQTT_CERT_FILE", _path, None, "TLS client certificate for the broker", "FILE"),
+    _Spec("MQTT_KEY_FILE", _path, None, "key of MQTT_CERT_FILE", "FILE"),
+    _Spec("CONNECTOR_CERT_FILE", _path, None, "TLS client certificate for wss", "FILE"),
+    _Spec("CONNECTOR_KEY_FILE", _path, None, "key of CONNECTOR_CERT_FILE", "FILE"),
+    _Spec(
+        "ADAPTER_HTTP_HOSTS",
+        _host_names,
+        "",
+        "more Host names the API accepts without a token",
+        "NAMES",
+    ),
     _Spec("MAPPINGS_MAX_BYTES", parse_size, "8MiB", "size limit of one mapping file", "SIZE"),
 )
 BY_ENV = {spec.env: spec for spec in SPECS}
@@ -631,11 +656,29 @@ def load(
         values[spec.attr] = Secret(content.rstrip("\r\n"))
         sources[spec.env] = sources[spec.file_env]
 
-    # A CA file that cannot be read should stop start-up now, not at the first TLS handshake.
-    for env in ("MQTT_CA_FILE", "CONNECTOR_CA_FILE"):
+    # A CA, certificate or key file that cannot be read should stop start-up now, not at
+    # the first TLS handshake.
+    for env in (
+        "MQTT_CA_FILE",
+        "CONNECTOR_CA_FILE",
+        "MQTT_CERT_FILE",
+        "MQTT_KEY_FILE",
+        "CONNECTOR_CERT_FILE",
+        "CONNECTOR_KEY_FILE",
+    ):
         path = values[env.lower()]
         if path is not None:
             _check_readable(BY_ENV[env], raw[env], path)
+    for cert, key in (
+        ("MQTT_CERT_FILE", "MQTT_KEY_FILE"),
+        ("CONNECTOR_CERT_FILE", "CONNECTOR_KEY_FILE"),
+    ):
+        if values[key.lower()] is not None and values[cert.lower()] is None:
+            raise _error(
+                BY_ENV[key],
+                raw[key],
+                ValueError(f"expected {cert} too: a key without its certificate"),
+            )
 
     if values["reconnect_max"] < values["reconnect_min"]:
         # Blame the one that was given; when both were, the maximum.
@@ -727,9 +770,11 @@ def _format_value(spec: _Spec, settings: Settings) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return _format_duration(value)
-    if isinstance(value, tuple):
+    if spec.env == "ADAPTER_HTTP":
         host, port = value
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(value, tuple):
+        return ",".join(value) or "(empty)"
     text = str(value)
     if spec.env == "LOGLEVEL" and _LOGLEVEL_FALLBACK in settings.sources:
         text += f" (from {_LOGLEVEL_FALLBACK})"

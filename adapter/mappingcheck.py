@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from adapter import statedir
 from adapter.config import parse_size
 from adapter.discovery import STATE_FILE, DiscoverySource
 from adapter.history import HistoryStore, format_stamp
@@ -150,6 +151,9 @@ def check(args: argparse.Namespace) -> int:
         for note in getattr(args, "discovery_notes", []):
             print(f"  note: {note}")
     if args.state_dir is not None:
+        print("\nstate directory:")
+        for line in statedir.health(args.state_dir):
+            print(f"  {line}")
         known = GatewayState(args.state_dir / "connector").devices
         print(f"\ndevices remembered in {args.state_dir}: {len(known)}")
         for device in sorted(known.values(), key=lambda d: d.uri):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,20 @@ class SchemaTooNew(SchemaError):
         )
         self.found = found
         self.known = known
+
+
+class CorruptDatabase(SchemaError):
+    """The file is not a SQLite database, or SQLite found it damaged (SQLITE_CORRUPT,
+    SQLITE_NOTADB): `str(e)` names it and says what to do, for the caller to add to."""
+
+    def __init__(self, what: str, where: str, reason: str) -> None:
+        super().__init__(f"{what} database {where} is damaged ({reason})")
+        self.what = what
+        self.where = where
+
+
+# SQLite's result codes for a damaged file (sqlite3.Error.sqlite_errorcode, Python 3.11).
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 @dataclass(frozen=True)
@@ -148,11 +163,40 @@ def migrate(db: sqlite3.Connection, migrations: Sequence[Migration], what: str) 
 def open_versioned(
     path: Path | str, migrations: Sequence[Migration], what: str
 ) -> sqlite3.Connection:
-    """`open_db`, then `migrate`; the connection is closed again when migrating fails."""
-    db = open_db(path)
+    """`open_db`, then `migrate`; the connection is closed again when migrating fails.
+    CorruptDatabase when SQLite finds the file damaged or no database at all."""
+    try:
+        db = open_db(path)
+    except sqlite3.DatabaseError as exc:
+        _raise_if_corrupt(exc, what, path)
+        raise
     try:
         migrate(db, migrations, what)
+        # The first pages: a file whose header is fine but whose schema is damaged fails
+        # here, at start-up, rather than at the first write of a message.
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        _raise_if_corrupt(exc, what, path)
+        raise
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _raise_if_corrupt(exc: sqlite3.DatabaseError, what: str, path: Path | str) -> None:
+    if getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES:
+        raise CorruptDatabase(what, str(path), str(exc)) from None
+
+
+def move_aside(path: Path) -> Path:
+    """A damaged database file renamed `<name>.damaged-<UTC time>`, with its -wal and
+    -shm files; returns the new name of the database."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(aside.with_name(aside.name + suffix))
+    return aside

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import random
-import secrets
+import re
 import socket
 import ssl
 import threading
@@ -24,12 +24,18 @@ from typing import Any, NamedTuple
 
 import anyio
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from adapter.config import Settings
+from adapter.sepl.client import (
+    ClientCertificateError,
+    client_certificate_refusal,
+    load_client_certificate,
+    tls_alert,
+)
 from adapter.statefile import write_atomically
 from adapter.status import MqttStatus
 
@@ -59,16 +65,44 @@ class Message(NamedTuple):  # one per message: a tuple is the cheapest to make
 Deliver = Callable[[list[Message]], Awaitable[None]]
 
 
-def stable_client_id(state_dir: Path) -> str:
-    """`sepl-adapter-<random>`, created once and kept in the state directory."""
-    path = state_dir / "mqtt-client-id"
-    if path.exists():
-        text = path.read_text(encoding="utf-8").strip()
-        if text:
-            return text
-    client_id = f"sepl-adapter-{secrets.token_hex(4)}"
-    write_atomically(path, client_id + "\n")
-    return client_id
+class MqttTlsError(ValueError):
+    """A TLS setting of the broker link that cannot work; `str(e)` is one line naming the
+    setting and its file, fit to show as is."""
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of the broker link, None without MQTT_TLS. MqttTlsError when a
+    client certificate is set without MQTT_TLS (it would never be sent, and the user meant
+    TLS) or its files cannot be used (not PEM, an encrypted key, a key of another
+    certificate)."""
+    s = settings
+    if not s.mqtt_tls:
+        if s.mqtt_cert_file is not None:
+            raise MqttTlsError(
+                f"MQTT_CERT_FILE={s.mqtt_cert_file} needs MQTT_TLS=true: a client certificate"
+                " is sent only over TLS (the broker's TLS port, 8883 by default)"
+            )
+        return None
+    context = ssl.create_default_context(cafile=str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+    if s.mqtt_tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    _load_certificate(context, s)
+    return context
+
+
+def _load_certificate(context: ssl.SSLContext, settings: Settings) -> None:
+    if settings.mqtt_cert_file is None:
+        return
+    try:
+        load_client_certificate(context, settings.mqtt_cert_file, settings.mqtt_key_file)
+    except ClientCertificateError as exc:
+        setting = "MQTT_KEY_FILE" if exc.key else "MQTT_CERT_FILE"
+        raise MqttTlsError(f"{setting}={exc.path}: {exc.problem}") from None
+
+
+# How paho words an error of the TLS layer in its log: "... [SSL: <OpenSSL's reason>] ...".
+_SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
 
 
 def check_publish_topic(topic: str) -> None:
@@ -105,6 +139,9 @@ class MqttLink:
         self._batch: list[Message] = []
         self._write_wanted = anyio.Event()
         self._loop_thread = threading.get_ident()
+        self._tls: ssl.SSLContext | None = None
+        self._awaiting_connack = False  # connected, CONNECT written, no CONNACK yet
+        self._read_error = ""  # what paho logged as an error meanwhile
         self._client = self._make_client()
 
     def status(self) -> MqttStatus:
@@ -130,14 +167,9 @@ class MqttLink:
         if s.mqtt_username:
             password = s.mqtt_password.get() if s.mqtt_password else None
             client.username_pw_set(s.mqtt_username, password)
-        if s.mqtt_tls:
-            context = ssl.create_default_context(
-                cafile=str(s.mqtt_ca_file) if s.mqtt_ca_file else None
-            )
-            if s.mqtt_tls_insecure:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            client.tls_set_context(context)
+        self._tls = tls_context(s)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         client.will_set(s.mqtt_status_topic, "offline", qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -166,6 +198,16 @@ class MqttLink:
         if threading.get_ident() == self._loop_thread:
             anyio.notify_closing(sock)
 
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        # Set only while a CONNACK is awaited: how a broker that ends the connection right
+        # after the TLS handshake (a refused client certificate) gets explained.
+        if level == LogLevel.MQTT_LOG_ERR:
+            self._read_error = text
+
+    def _connack_wait_over(self, client: mqtt.Client) -> None:
+        self._awaiting_connack = False
+        client.on_log = None  # paho formats every log line for a callback: none on the hot path
+
     def _on_connect(
         self,
         client: mqtt.Client,
@@ -174,6 +216,7 @@ class MqttLink:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        self._connack_wait_over(client)
         if reason.is_failure:
             log.warning("%s refused the connection: %s; retrying", self.url, reason)
             return
@@ -183,7 +226,18 @@ class MqttLink:
             # Command publishes are small and single: Nagle's algorithm held them ~40 ms.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._subscribe(self.filters, self._subscribed - set(self.filters))
+        wanted = set(self.filters)
+        if flags.session_present:
+            # The broker kept the session with its subscriptions: only what changed is
+            # subscribed. A SUBSCRIBE makes the broker send the filter's retained messages
+            # again, and those the session queued while the adapter was away would then
+            # arrive twice (issue [14]).
+            added = [f for f in self.filters if f not in self._subscribed]
+            self._subscribe(added, self._subscribed - wanted)
+            if not added:
+                log.info("broker confirmed %d subscriptions (kept with the session)", len(wanted))
+        else:
+            self._subscribe(self.filters, self._subscribed - wanted)
         client.publish(self.settings.mqtt_status_topic, "online", qos=1, retain=True)
         self._set_connected(True)
 
@@ -211,9 +265,27 @@ class MqttLink:
     ) -> None:
         was_connected = self.connected
         self._set_connected(False)
+        if self._awaiting_connack:
+            self._connack_wait_over(client)
+            if reason.is_failure:
+                log.warning(
+                    "%s closed the connection before answering CONNECT: %s; retrying",
+                    self.url,
+                    self._early_close(),
+                )
+            return
         # After a refused CONNACK there was no connection to lose: that was said already.
         if was_connected and reason.value != 0:
             log.warning("lost the connection to %s (%s); reconnecting", self.url, reason)
+
+    def _early_close(self) -> str:
+        if not self.settings.mqtt_tls:
+            return self._read_error or "connection lost"
+        found = _SSL_REASON.search(self._read_error)
+        alert = found.group(1) if found and "_ALERT_" in found.group(1) else None
+        return client_certificate_refusal(
+            alert, self.settings.mqtt_cert_file, peer="the broker", setting="MQTT_CERT_FILE"
+        )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
@@ -294,6 +366,15 @@ class MqttLink:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 7 * 24 * 3600
             options = {"clean_start": False, "properties": properties}
+        if self._tls is not None:
+            try:
+                # Read again at each attempt: a renewed certificate is taken at a reconnect.
+                _load_certificate(self._tls, s)
+            except MqttTlsError as exc:
+                log.warning("cannot connect to %s: %s; retrying", self.url, exc)
+                return False
+        self._read_error = ""
+        self._client.on_log = self._on_log
         try:
             # paho's connect resolves, connects and does the TLS handshake, blocking.
             await anyio.to_thread.run_sync(
@@ -302,9 +383,19 @@ class MqttLink:
                 )
             )
         except (OSError, ValueError) as exc:
-            log.warning("cannot connect to %s: %s; retrying", self.url, _connect_error(exc))
+            self._connack_wait_over(self._client)
+            log.warning("cannot connect to %s: %s; retrying", self.url, self._connect_error(exc))
             return False
+        self._awaiting_connack = True
         return True
+
+    def _connect_error(self, error: BaseException) -> str:
+        alert = tls_alert(error)
+        if alert is None:
+            return _connect_error(error)
+        return client_certificate_refusal(
+            alert, self.settings.mqtt_cert_file, peer="the broker", setting="MQTT_CERT_FILE"
+        )
 
     async def _serve(self, deliver: Deliver) -> None:
         """One connection: reads, writes and keep-alive until the socket goes."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from adapter.mapping.renames import physical_device, reading_of
-from adapter.migrations import Migration, open_versioned
+from adapter.migrations import CorruptDatabase, Migration, SchemaError, open_versioned
 from adapter.sepl.device import Device
 from adapter.sqlitedb import transaction
 from adapter.status import OutboxStatus
@@ -160,7 +160,15 @@ class Outbox:
         self.max_events = max_events
         self.max_age = max_age
         self.dropped = 0
-        self.db = open_versioned(path, MIGRATIONS, "outbox")
+        try:
+            self.db = open_versioned(path, MIGRATIONS, "outbox")
+        except CorruptDatabase as exc:
+            # Never replaced silently: it holds the events not yet delivered.
+            raise SchemaError(
+                f"{exc}. It holds the events not yet delivered: move it aside to start"
+                f" with an empty outbox, or rescue its rows first with"
+                f" `sqlite3 {path} .recover | sqlite3 recovered.sqlite3`"
+            ) from None
         self._count = int(self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self.last_written = self.last_seq()  # the highest seq this process wrote or saw
         self._retained = self._load_retained()

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,4 +91,51 @@ def client_id(state_dir: Path) -> str:
     return text
 
 
-__all__ = ["StateDirError", "client_id", "locked"]
+def health(state_dir: Path) -> list[str]:
+    """One line per part of the state directory, for `sepl-adapter check --state-dir`:
+    whether an adapter runs on it, its client id, and each database's integrity (SQLite's
+    quick_check, read-only: safe beside a running adapter)."""
+    lines = [_running(state_dir)]
+    path = state_dir / CLIENT_ID_FILE
+    if not path.exists():
+        lines.append(f"{path}: none yet (made at start-up)")
+    else:
+        try:
+            lines.append(f"{path}: ok ({client_id(state_dir)})")
+        except StateDirError as exc:
+            lines.append(f"error: {exc}")
+    for name, what, damaged in (
+        ("outbox.sqlite3", "events not yet delivered", "start-up stops until it is moved aside"),
+        ("history.sqlite3", "readings for averages", "start-up moves it aside, starts anew"),
+    ):
+        lines.append(_database(state_dir / name, what, damaged))
+    return lines
+
+
+def _running(state_dir: Path) -> str:
+    path = state_dir / LOCK_FILE
+    if not path.exists():
+        return f"{state_dir}: no adapter has run here yet"
+    with path.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return f"{state_dir}: in use by a running adapter (pid {handle.read().strip()})"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return f"{state_dir}: no adapter runs on it"
+
+
+def _database(path: Path, what: str, damaged: str) -> str:
+    if not path.exists():
+        return f"{path}: none yet"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            found = [row[0] for row in db.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    if found == ["ok"]:
+        return f"{path}: ok ({what})"
+    return f"error: {path} is damaged ({'; '.join(found[:3])}): it holds {what}; {damaged}"
+
+
+__all__ = ["StateDirError", "client_id", "health", "locked"]

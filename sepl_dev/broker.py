@@ -6,6 +6,9 @@ directory and runs `mosquitto -c <file>` as a child process on a loopback port. 
 an ACL (`acl_text`), with a throw-away CA and server certificate generated at run time
 (`CertificateAuthority`, the `openssl` command line) and passwords hashed by
 `mosquitto_passwd`.
+Given a `ClientCertificateSecurity` it renders `mosquitto/client-cert.conf`: TLS only, and
+every client presents a certificate of the CA (`CertificateAuthority.issue_client`), whose
+common name is its user name for the ACL.
 `MqttProbe` is a blocking paho-mqtt client for tests: connect, subscribe, publish and wait
 for a matching message with a timeout instead of sleeping.
 """
@@ -159,6 +162,7 @@ def render_config(
 # --- the secured broker: TLS, password file, ACL ------------------------------------------
 
 SECURE_TEMPLATE = DEFAULT_TEMPLATE.with_name("secure.conf")
+CLIENT_CERT_TEMPLATE = DEFAULT_TEMPLATE.with_name("client-cert.conf")
 OPENSSL_MISSING = "openssl not found: install it with 'apt-get install openssl'"
 MOSQUITTO_PASSWD_MISSING = (
     "mosquitto_passwd not found: it comes with Mosquitto ('apt-get install mosquitto')"
@@ -304,12 +308,31 @@ class CertificateAuthority:
         ip_addresses: Iterable[str] = (LOOPBACK,),
     ) -> tuple[Path, Path]:
         """A server certificate for these names, signed by this CA: (cert file, key file)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-        csr, extensions = directory / f"{name}.csr", directory / f"{name}.ext"
         alt_names = [f"DNS:{n}" for n in dns_names] + [f"IP:{a}" for a in ip_addresses]
         if not alt_names:
             raise ValueError("a server certificate needs at least one DNS name or IP address")
+        # The common name is not checked when there are subjectAltNames (RFC 6125).
+        return self._sign(
+            directory,
+            name,
+            alt_names[0].split(":", 1)[1],
+            ["extendedKeyUsage=serverAuth", "subjectAltName=" + ",".join(alt_names)],
+        )
+
+    def issue_client(
+        self, directory: Path, name: str = "client", *, common_name: str | None = None
+    ) -> tuple[Path, Path]:
+        """A TLS client certificate signed by this CA: (cert file, key file). Its common
+        name (`name` unless given) is the user name a broker with
+        `use_identity_as_username` takes from it."""
+        return self._sign(directory, name, common_name or name, ["extendedKeyUsage=clientAuth"])
+
+    def _sign(
+        self, directory: Path, name: str, common_name: str, extensions: list[str]
+    ) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+        csr, extfile = directory / f"{name}.csr", directory / f"{name}.ext"
         openssl = find_tool("openssl", OPENSSL_MISSING)
         _run_tool(
             [
@@ -317,21 +340,19 @@ class CertificateAuthority:
                 *("req", "-new", "-nodes", "-newkey", "ec"),
                 *("-pkeyopt", "ec_paramgen_curve:prime256v1"),
                 *("-keyout", str(key), "-out", str(csr)),
-                # The common name is not checked when there are subjectAltNames (RFC 6125).
-                *("-subj", f"/CN={alt_names[0].split(':', 1)[1]}"),
+                *("-subj", f"/CN={common_name}"),
             ],
             f"creating the key of {name}",
         )
         key.chmod(0o600)
-        extensions.write_text(
+        extfile.write_text(
             "\n".join(
                 [
                     "basicConstraints=critical,CA:FALSE",
                     "keyUsage=critical,digitalSignature,keyEncipherment",
-                    "extendedKeyUsage=serverAuth",
                     "subjectKeyIdentifier=hash",
                     "authorityKeyIdentifier=keyid,issuer",
-                    "subjectAltName=" + ",".join(alt_names),
+                    *extensions,
                     "",
                 ]
             ),
@@ -342,7 +363,7 @@ class CertificateAuthority:
                 openssl,
                 *("x509", "-req", "-in", str(csr), "-out", str(cert)),
                 *("-CA", str(self.cert_file), "-CAkey", str(self.key_file), "-CAcreateserial"),
-                *("-days", str(CERT_DAYS), "-sha256", "-extfile", str(extensions)),
+                *("-days", str(CERT_DAYS), "-sha256", "-extfile", str(extfile)),
             ],
             f"signing the certificate of {name}",
         )
@@ -398,12 +419,60 @@ class BrokerSecurity:
         acl_file.write_text(acl if acl is not None else acl_text(), encoding="utf-8")
         return cls(ca.cert_file, cert, key, password_file, acl_file)
 
+    @property
+    def template(self) -> Path:
+        return SECURE_TEMPLATE
+
     def placeholders(self) -> dict[str, str]:
         return {
             "CA_FILE": str(self.ca_file.resolve()),
             "CERT_FILE": str(self.cert_file.resolve()),
             "KEY_FILE": str(self.key_file.resolve()),
             "PASSWORD_FILE": str(self.password_file.resolve()),
+            "ACL_FILE": str(self.acl_file.resolve()),
+        }
+
+
+@dataclass(frozen=True)
+class ClientCertificateSecurity:
+    """The files the client-certificate template (`mosquitto/client-cert.conf`) needs: the
+    CA that signed the server certificate and every client's, the server's certificate and
+    key, and the ACL. The clients' certificates come from `ca.issue_client(...)`; the
+    broker takes each client's common name as its user name."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    acl_file: Path
+
+    @classmethod
+    def generate(
+        cls,
+        directory: Path,
+        *,
+        ca: CertificateAuthority | None = None,
+        dns_names: Iterable[str] = ("localhost",),
+        ip_addresses: Iterable[str] = (LOOPBACK,),
+        acl: str | None = None,
+    ) -> ClientCertificateSecurity:
+        """A CA (unless given), a server certificate for `dns_names`/`ip_addresses` and the
+        ACL (`acl_text()` unless given: the users are the certificates' common names)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = ca or CertificateAuthority.generate(directory / "ca")
+        cert, key = ca.issue(directory, "server", dns_names=dns_names, ip_addresses=ip_addresses)
+        acl_file = directory / "acl"
+        acl_file.write_text(acl if acl is not None else acl_text(), encoding="utf-8")
+        return cls(ca.cert_file, cert, key, acl_file)
+
+    @property
+    def template(self) -> Path:
+        return CLIENT_CERT_TEMPLATE
+
+    def placeholders(self) -> dict[str, str]:
+        return {
+            "CA_FILE": str(self.ca_file.resolve()),
+            "CERT_FILE": str(self.cert_file.resolve()),
+            "KEY_FILE": str(self.key_file.resolve()),
             "ACL_FILE": str(self.acl_file.resolve()),
         }
 
@@ -415,8 +484,10 @@ class Broker:
     `mosquitto.stderr` (output before logging starts, e.g. config errors) and `data/`
     (persistence) unless `data_dir` is given. `restart()` keeps port and data directory.
 
-    With `security`, the template defaults to `mosquitto/secure.conf`: one TLS listener,
-    no anonymous clients, the given password file and ACL.
+    With `security`, the template defaults to the security's own: `mosquitto/secure.conf`
+    for a `BrokerSecurity` (one TLS listener, no anonymous clients, the given password file
+    and ACL), `mosquitto/client-cert.conf` for a `ClientCertificateSecurity` (one TLS
+    listener that requires a client certificate of the CA, and the ACL).
     """
 
     def __init__(
@@ -430,7 +501,7 @@ class Broker:
         executable: str | None = None,
         log_type: str = "all",
         start_timeout: float = 10.0,
-        security: BrokerSecurity | None = None,
+        security: BrokerSecurity | ClientCertificateSecurity | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.security = security
@@ -443,7 +514,7 @@ class Broker:
         if template is not None:
             self.template = Path(template)
         else:
-            self.template = SECURE_TEMPLATE if security is not None else DEFAULT_TEMPLATE
+            self.template = security.template if security is not None else DEFAULT_TEMPLATE
         self.executable = executable
         self.log_type = log_type
         self.start_timeout = start_timeout
@@ -583,8 +654,9 @@ class MqttProbe:
     at messages from index `since` on (`mark()` gives the current index).
 
     For the secured broker give `username`/`password` and `ca_file` (TLS, verifying the
-    broker's certificate and host name) or a `tls_context` of your own. A refused login
-    raises `ConnectionRefusedError`.
+    broker's certificate and host name) or a `tls_context` of your own; for the broker
+    that requires client certificates, `ca_file` and `cert_file`/`key_file`. A refused
+    login raises `ConnectionRefusedError`.
     """
 
     def __init__(
@@ -599,6 +671,8 @@ class MqttProbe:
         password: str | None = None,
         ca_file: Path | None = None,
         tls_context: ssl.SSLContext | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> None:
         self.timeout = timeout
         self.messages: list[Received] = []
@@ -619,6 +693,10 @@ class MqttProbe:
             self._client.username_pw_set(username, password)
         if ca_file is not None and tls_context is None:
             tls_context = ssl.create_default_context(cafile=str(ca_file))
+        if cert_file is not None:
+            if tls_context is None:
+                raise ValueError("a client certificate needs TLS: give ca_file or tls_context")
+            tls_context.load_cert_chain(cert_file, key_file)
         if tls_context is not None:
             self._client.tls_set_context(tls_context)
         self._client.connect(host, port, keepalive=30)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -52,6 +53,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="errors in a row tolerated before the session is closed (5)",
     )
     parser.add_argument("--loglevel", default=os.environ.get("LOGLEVEL", "info"))
+    tls = parser.add_argument_group("TLS (https:// and wss:// on the same port)")
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve TLS with this certificate (PEM; the key may be in it too)",
+    )
+    tls.add_argument("--tls-key", type=Path, metavar="FILE", help="key of --tls-cert (PEM)")
+    tls.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="require a client certificate signed by this CA (PEM): others are refused in "
+        "the TLS handshake",
+    )
     sub = parser.add_subparsers(dest="sandbox_command", metavar="ACTION")
     cmd = sub.add_parser("command", help="send a command to a device and print the response")
     cmd.add_argument("device", help="device uri, e.g. tasmota:kitchen")
@@ -59,6 +75,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     cmd.add_argument("data", nargs="?", default=None, help="command data (text)")
     cmd.add_argument("--url", default="http://127.0.0.1:8093", help="sandbox HTTP address")
     cmd.add_argument("--timeout", type=float, default=10.0)
+    cmd.add_argument(
+        "--ca-file", type=Path, metavar="FILE", help="CA of a TLS sandbox (https:// --url)"
+    )
+    cmd.add_argument(
+        "--cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate for a sandbox started with --client-ca",
+    )
+    cmd.add_argument("--key", type=Path, metavar="FILE", help="key of --cert")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,8 +103,19 @@ def send_command(args: argparse.Namespace) -> int:
         headers={"Content-Type": "application/json"},
         method="POST",
     )
+    context = None
+    if args.url.startswith("https:"):
+        try:
+            context = ssl.create_default_context(
+                cafile=str(args.ca_file) if args.ca_file is not None else None
+            )
+            if args.cert is not None:
+                context.load_cert_chain(args.cert, args.key)
+        except (ssl.SSLError, OSError) as exc:
+            print(f"error: --ca-file/--cert/--key cannot be used: {exc}", file=sys.stderr)
+            return 2
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout + 5) as answer:
+        with urllib.request.urlopen(request, timeout=args.timeout + 5, context=context) as answer:
             print(json.dumps(json.load(answer), indent=2))
             return 0
     except urllib.error.HTTPError as exc:
@@ -102,6 +139,7 @@ def serve(args: argparse.Namespace) -> int:
         ping_period = parse_duration(args.ping_period)
         read_timeout = parse_duration(args.read_timeout)
         users = _parse_users(args.users)
+        tls = server_ssl_context(args.tls_cert, args.tls_key, args.client_ca)
         device_types = None if args.any_device_type else _device_types(args.mappings_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -119,7 +157,7 @@ def serve(args: argparse.Namespace) -> int:
     server = SandboxServer(platform, history=history)
     watched = None if device_types is None else args.mappings_dir
     try:
-        asyncio.run(_run(server, host, port, watched))
+        asyncio.run(_run(server, host, port, watched, tls, args.client_ca))
     except OSError as exc:
         print(f"error: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1
@@ -129,7 +167,14 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(server: object, host: str, port: int, mappings_dir: Path | None) -> None:
+async def _run(
+    server: object,
+    host: str,
+    port: int,
+    mappings_dir: Path | None,
+    tls: ssl.SSLContext | None = None,
+    client_ca: Path | None = None,
+) -> None:
     from aiohttp import web
 
     from adapter.sandbox.server import SandboxServer
@@ -137,9 +182,17 @@ async def _run(server: object, host: str, port: int, mappings_dir: Path | None) 
     assert isinstance(server, SandboxServer)
     runner = web.AppRunner(server.app(), handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
-    log.info("sandbox platform listening on http://%s:%d (lookup at /lookup)", host, port)
+    scheme = "https" if tls is not None else "http"
+    required = f"; client certificates of {client_ca} required" if client_ca else ""
+    log.info(
+        "sandbox platform listening on %s://%s:%d (lookup at /lookup%s)",
+        scheme,
+        host,
+        port,
+        required,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -179,6 +232,46 @@ async def _follow_mappings(server: object, directory: Path) -> None:
         added = server.platform.add_device_types(found)
         if added:
             log.info("device types reloaded from %s: %s", directory, ", ".join(added))
+
+
+def server_ssl_context(
+    cert: Path | None, key: Path | None, client_ca: Path | None
+) -> ssl.SSLContext | None:
+    """The TLS context of --tls-cert/--tls-key/--client-ca; None without --tls-cert.
+    ValueError, one line naming the option and the file, when they cannot be used."""
+    if cert is None:
+        if key is not None or client_ca is not None:
+            given = "--tls-key" if key is not None else "--client-ca"
+            raise ValueError(f"{given} needs --tls-cert: the sandbox serves TLS only with it")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for option, path in (("--tls-cert", cert), ("--tls-key", key), ("--client-ca", client_ca)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError(f"{option} {path} cannot be read")
+
+    def encrypted() -> str:
+        # Never a prompt on the terminal (OpenSSL's default): a test sandbox takes plain keys.
+        raise ValueError(f"--tls-key: the key in {key or cert} is encrypted; give it unencrypted")
+
+    try:
+        context.load_cert_chain(cert, key, password=encrypted)
+    except ssl.SSLError as exc:
+        files = f"{cert} and {key}" if key is not None else str(cert)
+        raise ValueError(
+            f"--tls-cert/--tls-key: {files} hold no PEM certificate with its matching"
+            f" unencrypted key ({exc.reason or exc})"
+        ) from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--client-ca: {client_ca} holds no PEM certificate ({exc.reason or exc})"
+            ) from None
+        # Refused in the handshake: no request of a client without such a certificate is
+        # ever read, HTTP API included.
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _split_listen(text: str) -> tuple[str, int]:

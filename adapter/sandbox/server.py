@@ -119,7 +119,7 @@ class SandboxServer:
         self._sockets.add(ws)
         refused = False
         try:
-            refused = not await self._serve(ws)
+            refused = not await self._serve(ws, client_certificate(request))
         finally:
             self._sockets.discard(ws)
             if refused and request.transport is not None:
@@ -130,8 +130,9 @@ class SandboxServer:
                 await ws.close()
         return ws
 
-    async def _serve(self, ws: web.WebSocketResponse) -> bool:
-        """The session of one connection; False when its handshake was refused."""
+    async def _serve(self, ws: web.WebSocketResponse, certificate: str = "") -> bool:
+        """The session of one connection; False when its handshake was refused.
+        `certificate`: the subject of the client's TLS certificate, "" without one."""
         try:
             first = await self._next_text(ws)
         except TimeoutError:
@@ -155,10 +156,11 @@ class SandboxServer:
             return False
         self.sessions_opened += 1
         log.info(
-            "gateway %s connected (user %r, %d devices restored)",
+            "gateway %s connected (user %r, %d devices restored%s)",
             session.gateway.id,
             session.user,
             len(session.attached),
+            f", client certificate {certificate}" if certificate else "",
         )
         writer = asyncio.create_task(self._writer(ws, outbox))
         keeper = asyncio.create_task(self._keepalive(ws, session))
@@ -413,6 +415,22 @@ class SandboxServer:
         for session in sessions:
             session.send(frame)
         return web.json_response({"sent_to": len(sessions)})
+
+
+def client_certificate(request: web.Request) -> str:
+    """The subject of the client's verified TLS certificate (`CN=sepl-adapter`); "" when
+    it sent none (the sandbox asks for one only when started with --client-ca)."""
+    transport = request.transport
+    peer = transport.get_extra_info("peercert") if transport is not None else None
+    if not isinstance(peer, dict):
+        return ""
+    # ssl's decoded form: a tuple of relative names, each a tuple of (field, value) pairs.
+    names = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU"}
+    return ",".join(
+        f"{names.get(field, field)}={value}"
+        for rdn in peer.get("subject", ())
+        for field, value in rdn
+    )
 
 
 def describe_event(record: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -57,7 +58,13 @@ from adapter.sepl.session import (
     SessionStats,
 )
 from adapter.sepl.state import GatewayState
-from adapter.sepl.websocket import InvalidHandshake, InvalidURI, LinkClosed, WebSocket
+from adapter.sepl.websocket import (
+    ClosedEarly,
+    InvalidHandshake,
+    InvalidURI,
+    LinkClosed,
+    WebSocket,
+)
 
 if TYPE_CHECKING:
     from adapter.config import Settings
@@ -93,6 +100,146 @@ E = TypeVar("E", bound=OutgoingEvent)
 AnswerCallback = Callable[[Any, "ConnectorError | None"], None]
 
 
+class ClientCertificateError(ConnectorError):
+    """A TLS client certificate or key file that cannot be used; `str(e)` is one line
+    naming the file. `key`: the problem is the key file's (a separate one)."""
+
+    def __init__(self, path: Path, problem: str, *, key: bool = False) -> None:
+        super().__init__(f"TLS client {'key' if key else 'certificate'} {path}: {problem}")
+        self.path = path
+        self.problem = problem
+        self.key = key
+
+
+def load_client_certificate(
+    context: ssl.SSLContext, cert_file: Path, key_file: Path | None = None
+) -> None:
+    """Make `context` present this certificate (PEM, its chain may follow it) in its
+    handshakes; the key is `key_file`, or in `cert_file` when None. ClientCertificateError
+    when the files cannot be used: not PEM, no key, an encrypted key, a key of another
+    certificate. An encrypted key is refused, never asked for at the terminal (OpenSSL's
+    default, which would hang a service)."""
+
+    def encrypted() -> str:
+        raise ClientCertificateError(
+            key_file or cert_file,
+            "the private key is encrypted (has a passphrase); give it unencrypted and protect"
+            " the file instead (mode 0600, readable by the adapter's user only)",
+            key=key_file is not None,
+        )
+
+    try:
+        context.load_cert_chain(cert_file, key_file, password=encrypted)
+    except ssl.SSLError as exc:
+        raise _certificate_problem(cert_file, key_file, exc) from None
+    except OSError as exc:
+        for path, is_key in ((cert_file, False), (key_file, True)):
+            if path is not None:
+                try:
+                    path.read_bytes()
+                except OSError as unreadable:
+                    reason = unreadable.strerror or str(unreadable)
+                    raise ClientCertificateError(
+                        path, f"cannot be read: {reason}", key=is_key
+                    ) from None
+        raise ClientCertificateError(cert_file, f"cannot be used: {exc}") from None
+
+
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN (TRUSTED |X509 )?CERTIFICATE-----")
+_PEM_KEY = re.compile(rb"-----BEGIN ([A-Z]+ )?PRIVATE KEY-----")
+
+
+def _certificate_problem(
+    cert_file: Path, key_file: Path | None, error: ssl.SSLError
+) -> ClientCertificateError:
+    """Which file is wrong, and how: OpenSSL says only "PEM lib" for most of it."""
+    cert = _read(cert_file)
+    if not _PEM_CERTIFICATE.search(cert):
+        hint = ""
+        if cert[:1] == b"\x30":  # an ASN.1 SEQUENCE: a DER certificate
+            hint = f"; it looks like DER: openssl x509 -inform der -in {cert_file} -out cert.pem"
+        return ClientCertificateError(
+            cert_file, f"no PEM certificate in it (-----BEGIN CERTIFICATE-----){hint}"
+        )
+    if error.reason == "KEY_VALUES_MISMATCH":
+        if key_file is None:
+            return ClientCertificateError(
+                cert_file, "the private key in it does not belong to its certificate"
+            )
+        return ClientCertificateError(
+            key_file, f"the private key does not belong to the certificate {cert_file}", key=True
+        )
+    if not _PEM_KEY.search(_read(key_file or cert_file)):
+        if key_file is None:
+            return ClientCertificateError(
+                cert_file, "no PEM private key in it, and no key file is given"
+            )
+        return ClientCertificateError(
+            key_file, "no PEM private key in it (-----BEGIN PRIVATE KEY-----)", key=True
+        )
+    files = f"{cert_file} and {key_file}" if key_file is not None else str(cert_file)
+    return ClientCertificateError(
+        cert_file, f"{files} cannot be used as certificate and key: {error.reason or error}"
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+# The TLS alerts (OpenSSL's reason names) by which a server refuses a client certificate.
+_CERTIFICATE_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    }
+)
+
+
+def client_certificate_refusal(
+    alert: str | None, cert_file: Path | None, *, peer: str, setting: str
+) -> str:
+    """Why `peer` ended a TLS connection before its protocol answered, in words, with the
+    client certificate in mind. `alert`: the TLS alert it sent (OpenSSL's reason name,
+    such as TLSV13_ALERT_CERTIFICATE_REQUIRED), None when it just closed (Mosquitto and
+    Python servers send none in TLS 1.3). `setting` names where a certificate is given."""
+    shown = f" ({alert.split('_ALERT_')[-1].lower().replace('_', ' ')} alert)" if alert else ""
+    # A handshake failure alert is what a TLS 1.2 server sends a client without a
+    # certificate; any other alert is not about the client certificate.
+    unrelated = alert != "SSLV3_ALERT_HANDSHAKE_FAILURE" or cert_file is not None
+    if alert is not None and alert not in _CERTIFICATE_ALERTS and unrelated:
+        return f"{peer} refused the TLS handshake{shown}"
+    if cert_file is None:
+        if alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+            return f"{peer} requires a TLS client certificate and none is given ({setting})"
+        return (
+            f"{peer} ended the TLS connection{shown or ' without an alert'}; it may require a"
+            f" TLS client certificate, and none is given ({setting})"
+        )
+    if alert is not None:
+        return f"{peer} did not accept the TLS client certificate {cert_file}{shown}"
+    return (
+        f"{peer} ended the TLS connection without an alert; it may not accept the TLS client"
+        f" certificate {cert_file} (is it signed by a CA {peer} trusts, and still valid?)"
+    )
+
+
+def tls_alert(error: BaseException) -> str | None:
+    """OpenSSL's name of the TLS alert that ended a handshake (ssl.SSLError.reason),
+    None when `error` is no such alert."""
+    reason = error.reason if isinstance(error, ssl.SSLError) else None
+    return reason if isinstance(reason, str) and "_ALERT_" in reason else None
+
+
 @dataclass(frozen=True)
 class ConnectorConfig:
     url: str = "ws://127.0.0.1:8093/"
@@ -112,6 +259,10 @@ class ConnectorConfig:
     reconnect_max: float = 120.0
     stable_after: float = 60.0
     state_dir: Path | None = None
+    # A TLS client certificate for wss:// and https:// (PEM); the key is in `cert_file`
+    # when `key_file` is None. Last, so that positional calls of older releases still fit.
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, state_dir: Path | None = None) -> ConnectorConfig:
@@ -133,6 +284,8 @@ class ConnectorConfig:
             reconnect_min=settings.reconnect_min,
             reconnect_max=settings.reconnect_max,
             state_dir=state_dir,
+            cert_file=settings.connector_cert_file,
+            key_file=settings.connector_key_file,
         )
 
     @classmethod
@@ -144,13 +297,33 @@ class ConnectorConfig:
         return cls.from_settings(settings, state_dir=settings.adapter_state_dir / "connector")
 
     def ssl_context(self) -> ssl.SSLContext:
+        """A new context each time: the files are read at each connection, so a renewed
+        client certificate is taken at the next reconnect. ClientCertificateError when the
+        certificate or key cannot be used."""
         context = ssl.create_default_context(
             cafile=str(self.ca_file) if self.ca_file is not None else None
         )
         if self.tls_insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
+        if self.cert_file is not None:
+            load_client_certificate(context, self.cert_file, self.key_file)
         return context
+
+    def check_tls(self) -> None:
+        """Raise what a client certificate that cannot work would raise only at the first
+        connection: ClientCertificateError for its files, ConnectorError when it would
+        never be sent (a ws:// URL, no lookup)."""
+        if self.key_file is not None and self.cert_file is None:
+            raise ConnectorError(f"TLS client key {self.key_file} given without its certificate")
+        if self.cert_file is None:
+            return
+        if self.lookup_url is None and not self.https and not self.url.startswith("wss:"):
+            raise ConnectorError(
+                f"TLS client certificate {self.cert_file}: {self.url} is not a wss:// URL, and"
+                " a client certificate is sent only over TLS"
+            )
+        self.ssl_context()
 
 
 class _Outcome:
@@ -198,6 +371,8 @@ class Connector:
         self.config = config or ConnectorConfig()
         if self.config.protocol not in ("envelope", "legacy"):
             raise ConnectorError(f"unknown dialect {self.config.protocol!r}")
+        self.config.check_tls()  # a bad certificate file: one clear error now, not per retry
+        self._warned_plain = False
         self.state = GatewayState(self.config.state_dir)
         self.stats = SessionStats()
         self.quarantined: dict[str, str] = {}
@@ -621,23 +796,48 @@ class Connector:
     async def _one_session(self) -> str:
         try:
             url = await self._endpoint()
+        except ClientCertificateError as exc:  # the file changed since the start
+            return f"lookup {self.config.lookup_url} not tried: {exc}"
         except (LookupError_, OSError, TimeoutError) as exc:
             return f"lookup {self.config.lookup_url} failed: {exc}"
         except Exception as exc:  # aiohttp's own errors
             return f"lookup {self.config.lookup_url} failed: {exc!r}"
+        secure = url.startswith("wss:")
+        if not secure and self.config.cert_file is not None and not self._warned_plain:
+            self._warned_plain = True
+            log.warning(
+                "the lookup answered %s, not wss://: the TLS client certificate %s is not sent",
+                url,
+                self.config.cert_file,
+            )
         try:
             websocket = await WebSocket.connect(
                 url,
-                ssl_context=self.config.ssl_context() if url.startswith("wss:") else None,
+                ssl_context=self.config.ssl_context() if secure else None,
                 open_timeout=OPEN_TIMEOUT,
                 max_size=MAX_FRAME,
             )
+        except ClientCertificateError as exc:  # the file changed since the start
+            return f"not connecting to {url}: {exc}"
+        except (ssl.SSLError, ClosedEarly) as exc:
+            return f"cannot connect to {url}: {self._tls_failure(exc)}"
         except (OSError, InvalidHandshake, InvalidURI, TimeoutError, LinkClosed) as exc:
             return f"cannot connect to {url}: {exc}"
         try:
             return await self._serve(websocket, url)
         finally:
             await websocket.close()
+
+    def _tls_failure(self, error: ssl.SSLError | ClosedEarly) -> str:
+        """A failed TLS handshake, or a close during or right after it, in words."""
+        alert = tls_alert(error)
+        if alert is None and (isinstance(error, ssl.SSLError) or not error.tls):
+            # Not about the client certificate: the platform's certificate not trusted, no
+            # shared cipher, a plain ws:// server closing.
+            return str(error)
+        return client_certificate_refusal(
+            alert, self.config.cert_file, peer="the platform", setting="CONNECTOR_CERT_FILE"
+        )
 
     async def _serve(self, websocket: WebSocket, url: str) -> str:
         config = self.config
@@ -755,6 +955,8 @@ class Connector:
                 error = f"registration at {url} refused the credentials"
             elif status != 200:
                 error = f"registration at {url} answered {status}: {text[:200]}"
+        except ClientCertificateError as exc:  # the file changed since the start
+            error = f"registration at {url} not tried: {exc}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             error = f"registration at {url} failed: {exc!r}"
         finally:
@@ -771,6 +973,7 @@ async def _maybe_await(callback: ConnectCallback, arg: str) -> None:
 
 
 __all__ = [
+    "ClientCertificateError",
     "Connector",
     "ConnectorConfig",
     "ConnectorError",

@@ -33,6 +33,18 @@ class LinkClosed(Exception):
         self.close_frame = close_frame
 
 
+class ClosedEarly(ConnectionError):
+    """The server closed (or reset) the connection during the TLS handshake or before it
+    answered the opening handshake. A server that requires a TLS client certificate does
+    that when it gets none it accepts, often without a TLS alert; `tls` tells whether the
+    connection was TLS. An OSError, as the other failures of `WebSocket.connect`."""
+
+    def __init__(self, during: str, *, tls: bool, cause: BaseException | None = None) -> None:
+        detail = f" ({cause})" if cause is not None and str(cause) else ""
+        super().__init__(f"the server closed the connection during the {during}{detail}")
+        self.tls = tls
+
+
 class _RedactCredentials(logging.Filter):
     """websockets' debug log prints frames; the first one holds the password (D3)."""
 
@@ -78,24 +90,30 @@ class WebSocket:
         max_size: int,
     ) -> WebSocket:
         """Open the TCP (TLS) connection and do the opening handshake within
-        `open_timeout` s. Raises OSError, TimeoutError, InvalidURI or InvalidHandshake."""
+        `open_timeout` s. Raises OSError (ssl.SSLError for a failed TLS handshake,
+        ClosedEarly), TimeoutError, InvalidURI, InvalidHandshake or LinkClosed."""
         uri = parse_uri(url)
         protocol = ClientProtocol(uri, max_size=max_size, logger=redacting_logger())
         with anyio.fail_after(open_timeout):
             stream: ByteStream
             if uri.secure:
-                stream = await anyio.connect_tcp(
-                    uri.host,
-                    uri.port,
-                    ssl_context=ssl_context or ssl.create_default_context(),
-                    tls_standard_compatible=False,
-                )
+                try:
+                    stream = await anyio.connect_tcp(
+                        uri.host,
+                        uri.port,
+                        ssl_context=ssl_context or ssl.create_default_context(),
+                        tls_standard_compatible=False,
+                    )
+                except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                    # A server ending the TLS handshake without an alert, as one that
+                    # refuses the client's certificate may (TLS 1.2).
+                    raise ClosedEarly("TLS handshake", tls=True, cause=_cause(exc)) from None
             else:
                 stream = await anyio.connect_tcp(uri.host, uri.port)
             try:
                 protocol.send_request(protocol.connect())
                 await _write(stream, protocol.data_to_send())
-                frames = await _handshake(stream, protocol)
+                frames = await _handshake(stream, protocol, tls=uri.secure)
             except BaseException:
                 await _abort(stream)
                 raise
@@ -211,14 +229,16 @@ async def _write(stream: ByteStream, chunks: list[bytes]) -> None:
         raise LinkClosed(f"write failed: {exc!r}") from None
 
 
-async def _handshake(stream: ByteStream, protocol: ClientProtocol) -> list[Frame]:
+async def _handshake(stream: ByteStream, protocol: ClientProtocol, *, tls: bool) -> list[Frame]:
     """Read until the handshake answer; returns the frames that came right after it."""
     while True:
         try:
             data = await stream.receive(READ_SIZE)
-        except anyio.EndOfStream:
+        except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            # In TLS 1.3 a server checks the client's certificate after the client's side
+            # of the TLS handshake is done: a refusal ends the connection here.
             protocol.receive_eof()
-            raise InvalidHandshake("connection closed during the opening handshake") from None
+            raise ClosedEarly("opening handshake", tls=tls, cause=_cause(exc)) from None
         protocol.receive_data(data)
         events = protocol.events_received()
         if protocol.handshake_exc is not None:
@@ -226,6 +246,11 @@ async def _handshake(stream: ByteStream, protocol: ClientProtocol) -> list[Frame
         for index, event in enumerate(events):
             if isinstance(event, Response):
                 return [e for e in events[index + 1 :] if isinstance(e, Frame)]
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What anyio's EndOfStream or BrokenResourceError stands for (a reset, a TLS error)."""
+    return exc.__cause__ or exc.__context__
 
 
 async def _abort(stream: ByteStream) -> None:
@@ -247,4 +272,11 @@ def _close_text(protocol: ClientProtocol) -> str:
     return "connection lost"
 
 
-__all__ = ["InvalidHandshake", "InvalidURI", "LinkClosed", "WebSocket", "redacting_logger"]
+__all__ = [
+    "ClosedEarly",
+    "InvalidHandshake",
+    "InvalidURI",
+    "LinkClosed",
+    "WebSocket",
+    "redacting_logger",
+]

@@ -181,3 +181,134 @@ def test_a_huge_mapping_at_start_up_and_in_a_hot_reload(
     assert again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert f"{mappings / 'huge.yaml'}: " in again.stderr
     assert "more than MAPPINGS_MAX_BYTES" in again.stderr
+
+
+# --- fault 6: damaged SQLite files ----------------------------------------------------------
+
+
+def damage(path: Path) -> bytes:
+    """Overwrite a database's pages after the header: SQLite reads the header, then finds
+    its schema page damaged."""
+    data = bytearray(path.read_bytes())
+    data[100:4096] = os.urandom(len(data[100:4096]))
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def made_state(broker: Broker, sandbox: SandboxProcess, tmp_path: Path) -> Path:
+    """A state directory of a real run (an event forwarded), stopped."""
+    state = tmp_path / "state"
+    adapter = AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=state,
+        log_path=tmp_path / "first.log",
+    ).start()
+    publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)
+    wait_until(lambda: events_of(sandbox, "tasmota:kitchen"), 15, "the first event")
+    assert adapter.stop() == 0
+    return state
+
+
+def test_a_damaged_outbox_stops_start_up_with_one_line_and_is_kept(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Before: a traceback that did not name the file."""
+    state = made_state(broker, sandbox, tmp_path)
+    outbox = state / "outbox.sqlite3"
+    damaged = damage(outbox)
+    env = {
+        **os.environ,
+        "MQTT_HOST": "127.0.0.1",
+        "MQTT_PORT": str(broker.port),
+        "CONNECTOR_URL": sandbox.ws_url,
+        "ADAPTER_STATE_DIR": str(state),
+        "ADAPTER_HTTP": "off",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "adapter", "run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"outbox database {outbox} is damaged" in done.stderr
+    assert "move it aside" in done.stderr and ".recover" in done.stderr
+    assert outbox.read_bytes() == damaged  # undelivered events are never deleted silently
+    health = cli(state, "check", str(REPO / "mappings"), "--state-dir", str(state))
+    assert f"error: {outbox} is damaged" in health.stdout, health.stdout
+
+
+def test_a_damaged_history_is_moved_aside_and_forwarding_goes_on(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Before: the history, which only serves averages, stopped start-up and so blocked
+    forwarding."""
+    state = made_state(broker, sandbox, tmp_path)
+    history = state / "history.sqlite3"
+    damaged = damage(history)
+    adapter = AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=state,
+        log_path=tmp_path / "second.log",
+    ).start()
+    try:
+        publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)
+        wait_until(lambda: len(events_of(sandbox, "tasmota:kitchen")) == 2, 15, "an event")
+    finally:
+        assert adapter.stop() == 0
+    log = adapter.log_text()
+    assert f"history database {history} is damaged" in log and "moved to" in log
+    (aside,) = state.glob("history.sqlite3.damaged-*[0-9Z]")
+    assert aside.read_bytes() == damaged and aside.name in log
+    health = cli(state, "check", str(REPO / "mappings"), "--state-dir", str(state))
+    assert f"{history}: ok" in health.stdout and f"{state / 'outbox.sqlite3'}: ok" in health.stdout
+
+
+# --- fault 4: retained messages published while the adapter was away -------------------------
+
+
+def test_a_retained_reading_published_while_away_is_forwarded_once(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """The session queues the reading (QoS 1) while the adapter is away. Before, the
+    adapter subscribed again at every connect, so the broker also sent the retained copy:
+    two events of one reading, with the default FORWARD_RETAINED=changed."""
+    state = tmp_path / "state"
+
+    def start(name: str) -> AdapterProcess:
+        return AdapterProcess(
+            mqtt_port=broker.port,
+            connector_url=sandbox.ws_url,
+            state_dir=state,
+            log_path=tmp_path / f"{name}.log",
+        ).start()
+
+    first = start("first")
+    assert first.stop() == 0
+    publish(broker.port, "tele/away/SENSOR", POW_SENSOR, retain=True)
+    second = start("second")
+    try:
+        wait_until(lambda: events_of(sandbox, "tasmota:away"), 15, "the queued reading")
+        publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)  # later than any copy
+        wait_until(lambda: events_of(sandbox, "tasmota:kitchen"), 15, "a later reading")
+        assert len(events_of(sandbox, "tasmota:away")) == 1
+        assert "kept with the session" in second.log_text()
+    finally:
+        assert second.stop() == 0
+    # A new session (as when the broker lost its state) subscribes and gets retained state.
+    fresh = AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=tmp_path / "fresh",
+        log_path=tmp_path / "fresh.log",
+    ).start()
+    try:
+        wait_until(lambda: len(events_of(sandbox, "tasmota:away")) == 2, 15, "the retained copy")
+    finally:
+        assert fresh.stop() == 0

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import paho.mqtt.client as mqtt
 import pytest
 
+from adapter import httpserver
 from sepl_dev.broker import (
     ADAPTER_USER,
     DEVICE_USER,
@@ -39,6 +41,7 @@ from sepl_dev.broker import (
 )
 from sepl_dev.stack import SandboxProcess
 from tests.processes import REPO, AdapterProcess, wait_until
+from tests.slowclients import Answer, request
 
 pytestmark = pytest.mark.mosquitto
 
@@ -708,6 +711,102 @@ def test_api_accepts_a_non_loopback_address_with_a_token_or_when_told(
 def test_api_on_loopback_needs_no_token(tmp_path: Path, address: str) -> None:
     result = run_adapter({"ADAPTER_HTTP": f"{address}:8081"}, tmp_path, "config")
     assert result.returncode == 0, result.stderr
+
+
+# --- the local API: Host check and slow clients (issue [14]) -----------------------------
+
+
+@pytest.fixture
+def api_process(tmp_path: Path) -> Iterator[tuple[AdapterProcess, int]]:
+    """The adapter with its API on a free loopback port, no token, one extra Host name.
+    No broker or platform: the API serves while the adapter keeps trying them."""
+    port = free_port()
+    adapter = AdapterProcess(
+        mqtt_port=free_port(),
+        connector_url=f"ws://127.0.0.1:{free_port()}/",
+        state_dir=tmp_path / "state",
+        log_path=tmp_path / "adapter.log",
+        env={"ADAPTER_HTTP": f"127.0.0.1:{port}", "ADAPTER_HTTP_HOSTS": "nas.example"},
+    )
+    try:
+        adapter.start(wait_subscribed=False)
+        adapter.wait_for_log("local API on", 15)
+        yield adapter, port
+    finally:
+        adapter.stop()
+
+
+def test_api_without_a_token_refuses_a_dns_rebinding_host(
+    api_process: tuple[AdapterProcess, int],
+) -> None:
+    """A page of attacker.example:8081 whose name now resolves to 127.0.0.1 is of the same
+    origin as the API to the browser; its requests carry its name as Host and get a 421.
+    The API's own names, with its port or without, and ADAPTER_HTTP_HOSTS are served.
+    Before issue [14] the adapter answered every Host: the rebinding page read /devices."""
+    adapter, port = api_process
+    for host in ("attacker.example:8081", f"attacker.example:{port}", "evil.example"):
+        for path in ("/devices", "/api/overview", "/healthz", "/"):
+            status, _, body = anyio.run(request, port, path, host)
+            assert status == 421, (host, path, body)
+            assert set(json.loads(body)) == {"error"}
+    for host in ("localhost", "127.0.0.1", "[::1]", "nas.example"):
+        for given in (host, f"{host}:{port}"):
+            status, _, body = anyio.run(request, port, "/devices", given)
+            assert status == 200 and isinstance(json.loads(body), list), (given, body)
+    # The status page from a browser at http://127.0.0.1:<port>/ and http://localhost:<port>/.
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        status, headers, _ = anyio.run(request, port, "/", host)
+        assert status == 200 and headers["content-type"].startswith("text/html")
+        status, _, body = anyio.run(request, port, "/api/overview", host)
+        assert status == 200 and "mqtt" in json.loads(body)
+    assert "Traceback" not in adapter.log_text()
+
+
+def test_api_answers_healthz_during_a_slow_connection_flood(
+    api_process: tuple[AdapterProcess, int], tmp_path: Path
+) -> None:
+    """From a process of its own, more connections than the API's limits, half silent,
+    half trickling a head, each reopened the moment it is closed: /healthz is answered
+    within 3 s, again and again. Before issue [14] the flood held all 64 slots (each for
+    60 s, taken again at once) and every probe got a 503."""
+    adapter, port = api_process
+    size = httpserver.MAX_WAITING + httpserver.MAX_CONNECTIONS
+    report = tmp_path / "flood-closed"
+    flood = subprocess.Popen(
+        [sys.executable, "-m", "tests.slowclients", str(port), str(size), str(report)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
+
+    def closed() -> int:
+        text = report.read_text(encoding="utf-8") if report.exists() else ""
+        return int(text) if text.isdigit() else 0
+
+    try:
+        # The server has closed (pushed out, or before issue [14] refused) as many of the
+        # flood's connections as there are past its limit: it is full.
+        wait_until(lambda: closed() >= size - httpserver.MAX_WAITING, 20, "a full server")
+
+        async def probe() -> Answer:
+            with anyio.fail_after(3):
+                return await request(port, "/healthz", f"127.0.0.1:{port}")
+
+        for _ in range(5):
+            status, _, body = anyio.run(probe)
+            # 503 is /healthz's own answer once the platform is down long; the server's
+            # "too many connections" has no "mqtt".
+            assert status in (200, 503) and "mqtt" in json.loads(body), body
+            time.sleep(0.1)
+        assert flood.poll() is None, "the flood stopped early"
+    finally:
+        flood.terminate()
+        try:
+            flood.wait(10)
+        except subprocess.TimeoutExpired:
+            flood.kill()
+            flood.wait(10)
+    assert f"{httpserver.MAX_WAITING} connections waiting for a request" in adapter.log_text()
+    assert "Traceback" not in adapter.log_text()
 
 
 # --- hostile mapping edits ---------------------------------------------------------------

@@ -13,6 +13,7 @@ from anyio.abc import SocketStream
 
 from adapter import httpserver
 from adapter.httpserver import Request, Response, Router, json_response
+from tests import slowclients
 
 
 @pytest.fixture
@@ -185,28 +186,157 @@ async def test_a_chunked_body_over_the_limit_is_refused(port: int) -> None:
 
 
 @pytest.mark.anyio
-async def test_connections_beyond_the_limit_are_refused_not_queued(
+async def test_at_the_limit_a_new_connection_pushes_out_the_longest_idle_one(
     port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(httpserver.MAX_CONNECTIONS)]
+    # Before issue [14] the 65th connection got a 503 while 64 idle ones held every slot.
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 60.0)  # only the newcomer may close one
+    # Connections are accepted in the order they were opened, so when the newcomer is, the
+    # idle ones are all there, the first one the longest.
+    idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(httpserver.MAX_WAITING)]
     try:
-        await anyio.sleep(0.2)  # every idle one has its slot
-        status, _, body = await ask(port, b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert status == 503 and json.loads(body) == {"error": "too many connections"}
+        status, _, _ = await ask(port, b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 200
+        # The first one, idle the longest, was closed for it; the last one was not.
+        with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            await idle[0].receive()
+        await idle[-1].send(b"GET /things/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        with anyio.fail_after(5):
+            status, _, _ = await read_answer(idle[-1])
+        assert status == 200
     finally:
         for stream in idle:
             await stream.aclose()
-    await anyio.sleep(0.2)
-    status, _, _ = await ask(port, b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert status == 200
+
+
+@pytest.mark.anyio
+async def test_a_flood_pushes_out_its_own_connections_first(
+    port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection from 127.0.0.1, idle and older than all of a flood from 127.0.0.2, is
+    left alone while the flood pushes out its own: longest waiting first alone would have
+    closed it first."""
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 60.0)  # only the flood may close it
+    async with await anyio.connect_tcp("127.0.0.1", port) as mine:  # accepted first
+        flood = slowclients.Flood(port, httpserver.MAX_WAITING + 16, local_host="127.0.0.2")
+        async with flood.running():
+            await flood.wait_closed(32, timeout=20)
+        await mine.send(b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        with anyio.fail_after(5):
+            assert (await read_answer(mine))[0] == 200
+
+
+@pytest.mark.anyio
+async def test_connections_beyond_the_limit_of_busy_ones_are_refused_not_queued() -> None:
+    """Connections whose answer is being worked out are never pushed out: the one past the
+    limit gets a 503 at once."""
+    started, release = 0, anyio.Event()
+
+    async def slow(request: Request) -> Response:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return json_response({"ok": True})
+
+    router = Router()
+    router.add("GET", "/slow", slow)
+    router.add("GET", "/fast", echo)
+    async with serving(router) as bound:
+        busy = [
+            await anyio.connect_tcp("127.0.0.1", bound) for _ in range(httpserver.MAX_CONNECTIONS)
+        ]
+        try:
+            for stream in busy:
+                await stream.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            with anyio.fail_after(10):
+                while started < httpserver.MAX_CONNECTIONS:
+                    await anyio.sleep(0.01)
+            with anyio.fail_after(5):
+                status, _, body = await ask(bound, b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert status == 503 and json.loads(body) == {"error": "too many connections"}
+            release.set()
+            with anyio.fail_after(10):
+                for stream in busy:
+                    assert (await read_answer(stream))[0] == 200
+        finally:
+            for stream in busy:
+                await stream.aclose()
+        with anyio.fail_after(5):
+            status, _, _ = await ask(bound, b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert status == 200
 
 
 @pytest.mark.anyio
 async def test_an_idle_connection_is_closed(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(httpserver, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(httpserver, "HEAD_TIMEOUT", 0.3)
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
         with anyio.fail_after(5), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
             await stream.receive()
+
+
+@pytest.mark.anyio
+async def test_slow_heads_and_idle_keep_alive_are_closed_within_the_head_timeout(
+    port: int,
+) -> None:
+    """With the default timeout: a head trickled a byte at a time gets a 408 and is closed,
+    and a keep-alive connection idle after an answer is closed, both within a few seconds.
+    Before issue [14] both held their slot for 60 s: this failed at its 15 s ceiling."""
+    assert httpserver.HEAD_TIMEOUT <= 5
+
+    async def trickled() -> None:
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            with anyio.fail_after(15):
+                answer: list[int] = []
+                async with anyio.create_task_group() as tg:
+
+                    async def trickle() -> None:
+                        with contextlib.suppress(*slowclients.CLOSED):
+                            await stream.send(slowclients.SLOW_HEAD)
+                            while True:  # a byte every 0.2 s: never long silent
+                                await anyio.sleep(0.2)
+                                await stream.send(b"a")
+
+                    tg.start_soon(trickle)
+                    answer.append((await read_answer(stream))[0])
+                    tg.cancel_scope.cancel()
+                assert answer == [408]
+
+    async def idle_after_an_answer() -> None:
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET /things/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+            with anyio.fail_after(15):
+                assert (await read_answer(stream))[0] == 200
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await stream.receive()
+
+    async with anyio.create_task_group() as tg:  # side by side: one wait of the timeout
+        tg.start_soon(trickled)
+        tg.start_soon(idle_after_an_answer)
+
+
+@pytest.mark.anyio
+async def test_healthz_is_answered_during_a_slow_connection_flood() -> None:
+    """More connections than the limit, half silent and half trickling a head, each reopened
+    the moment the server closes it: a request sent at once is still answered, every time,
+    within 3 s. Before issue [14] the flood held all 64 slots (for 60 s each, taken again at
+    once) and every probe got a 503."""
+    router = Router()
+    router.add("GET", "/healthz", echo)
+    async with serving(router) as bound:
+        flood = slowclients.Flood(bound, httpserver.MAX_WAITING + 16)
+        async with flood.running():
+            # Every connection past the limit has pushed one out (or was refused): full.
+            await flood.wait_closed(16, timeout=20)
+            closed_before = flood.closed
+            for _ in range(5):
+                with anyio.fail_after(3):
+                    status, _, body = await slowclients.request(bound, "/healthz", "t")
+                assert status == 200, body
+                assert json.loads(body)["path"] == "/healthz"
+                await anyio.sleep(0.1)
+            # The flood went on all along, reopening what the server closed.
+            assert flood.closed > closed_before
+        assert flood.opened > httpserver.MAX_WAITING + 16
 
 
 @pytest.mark.anyio

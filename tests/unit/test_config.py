@@ -67,6 +67,11 @@ CONFIGURATION_NAMES = [
     "LOGFORMAT",  # ours: issue [9], JSON lines for machines
     "DISCOVERY_ZIGBEE2MQTT",  # ours: issue [12], Zigbee2MQTT's device list
     # configuration.md, "Added for issues [14] and [15]"
+    "MQTT_CERT_FILE",
+    "MQTT_KEY_FILE",
+    "CONNECTOR_CERT_FILE",
+    "CONNECTOR_KEY_FILE",
+    "ADAPTER_HTTP_HOSTS",
     "MAPPINGS_MAX_BYTES",
 ]
 
@@ -132,6 +137,11 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("loglevel", "info"),
     ("logformat", "text"),
     ("discovery_zigbee2mqtt", "zigbee2mqtt"),
+    ("mqtt_cert_file", None),
+    ("mqtt_key_file", None),
+    ("connector_cert_file", None),
+    ("connector_key_file", None),
+    ("adapter_http_hosts", ()),
     ("mappings_max_bytes", 8 * 2**20),
 ]
 
@@ -817,6 +827,36 @@ def test_api_off_loopback_needs_a_token(env: dict[str, str], ok: bool) -> None:
         return
     with pytest.raises(config.SettingsError, match=r"ADAPTER_HTTP=.*loopback.*ADAPTER_HTTP_TOKEN"):
         config.load(None, {"HOME": "/tmp", **env})
+
+
+def test_client_certificate_files_are_checked_at_start_up(tmp_path: Path) -> None:
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    cert.write_text("certificate")
+    key.write_text("key")
+    environ = {**HOME, "MQTT_CERT_FILE": str(cert), "MQTT_KEY_FILE": str(key)}
+    settings = config.load(None, environ)
+    assert (settings.mqtt_cert_file, settings.mqtt_key_file) == (cert, key)
+    with pytest.raises(config.SettingsError, match="CONNECTOR_CERT_FILE"):
+        config.load(None, {**HOME, "CONNECTOR_CERT_FILE": str(tmp_path / "missing.crt")})
+    with pytest.raises(config.SettingsError, match=r"MQTT_KEY_FILE.*MQTT_CERT_FILE too"):
+        config.load(None, {**HOME, "MQTT_KEY_FILE": str(key)})
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("", ()),
+        ("NAS.local", ("nas.local",)),
+        (" a.example , b.example:8081,", ("a.example", "b.example:8081")),
+    ],
+)
+def test_adapter_http_hosts(text: str, names: tuple[str, ...]) -> None:
+    assert config.load(None, {**HOME, "ADAPTER_HTTP_HOSTS": text}).adapter_http_hosts == names
+
+
+def test_adapter_http_hosts_refuses_what_is_no_host_name() -> None:
+    with pytest.raises(config.SettingsError, match="ADAPTER_HTTP_HOSTS"):
+        config.load(None, {**HOME, "ADAPTER_HTTP_HOSTS": "http://a.example/"})
 
 
 @pytest.mark.parametrize(
