@@ -127,6 +127,10 @@ class Metrics:
             "messages_mapped": ("messages a rule turned into an event", counts.get("mapped", 0)),
             "messages_unmapped": ("messages no rule takes", counts.get("unmapped", 0)),
             "messages_rejected": ("payloads a rule refused", counts.get("rejected", 0)),
+            "messages_too_large": (
+                "payloads over EVENT_MAX_BYTES (kept as dead letters)",
+                counts.get("too_large", 0),
+            ),
             "readings_missing": (
                 "events with a declared reading absent or not a number",
                 counts.get("readings_missing", 0),

@@ -162,7 +162,12 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
     connector_config = ConnectorConfig.from_settings(settings, state_dir=state_dir / "connector")
     try:
         async with Connector(connector_config) as connector, anyio.create_task_group() as tg:
-            sender = Sender(outbox, connector, settings.connector_inflight)
+            sender = Sender(
+                outbox,
+                connector,
+                settings.connector_inflight,
+                event_max_bytes=settings.event_max_bytes,
+            )
             replies = Replies()
             pipeline = Pipeline(
                 mappings=live,
@@ -173,6 +178,7 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
                 replies=replies,
                 status_topic=settings.mqtt_status_topic,
                 forward_retained=settings.forward_retained,
+                event_max_bytes=settings.event_max_bytes,
             )
             commands = CommandHandler(
                 commands=connector.commands,

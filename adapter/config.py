@@ -124,6 +124,7 @@ class Settings:
     connector_key_file: Path | None = None
     adapter_http_hosts: tuple[str, ...] = ()
     mappings_max_bytes: int = 8 * 2**20
+    event_max_bytes: int = 2**20
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -484,6 +485,13 @@ SPECS: tuple[_Spec, ...] = (
     _Spec("MQTT_KEY_FILE", _path, None, "key of MQTT_CERT_FILE", "FILE"),
     _Spec("CONNECTOR_CERT_FILE", _path, None, "TLS client certificate for wss", "FILE"),
     _Spec("CONNECTOR_KEY_FILE", _path, None, "key of CONNECTOR_CERT_FILE", "FILE"),
+    _Spec(
+        "EVENT_MAX_BYTES",
+        parse_size,
+        "1MiB",
+        "size limit of an encoded event frame; larger events are dead-lettered",
+        "SIZE",
+    ),
     _Spec(
         "ADAPTER_HTTP_HOSTS",
         _host_names,

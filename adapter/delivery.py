@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 
 from adapter.outbox import Entry, Outbox
 from adapter.sepl.client import Connector
+from adapter.sepl.envelope import event_frame_fits, event_frame_size
 from adapter.sepl.errors import (
     ConnectorError,
     DeviceQuarantined,
@@ -72,6 +73,7 @@ class Sender:
     retry_base: float = 1.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    event_max_bytes: int = 2**20  # EVENT_MAX_BYTES: larger frames are never sent
     stats: DeliveryStats = field(default_factory=DeliveryStats)
     latency: Latency = field(default_factory=Latency)  # from MQTT receive to the 200
 
@@ -154,6 +156,8 @@ class Sender:
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
             entry = await self._next()
+            if self._too_large(entry):
+                continue
             while self._free == 0:
                 self._slot_freed = anyio.Event()
                 await self._slot_freed.wait()
@@ -161,10 +165,25 @@ class Sender:
             # more as slots and the queue allow.
             batch = [self._take(entry)]
             while self._free and (more := self._next_nowait(time.monotonic())) is not None:
-                batch.append(self._take(more))
+                if not self._too_large(more):
+                    batch.append(self._take(more))
             rest = await self.connector.start_events(batch, self._answered)
             for entry in rest:  # not attached yet, link down, window narrowed: the slow way
                 tg.start_soon(self._deliver, entry, None)
+
+    def _too_large(self, entry: Entry) -> bool:
+        """An event whose frame the platform would refuse (EVENT_MAX_BYTES: its pipeline
+        puts events on Kafka, about 1 MB a message) goes to the dead letters unsent: sent,
+        it closed the link at every try and held back every event behind it."""
+        limit = self.event_max_bytes
+        uri, service, data, metadata = entry.device_uri, entry.service, entry.data, entry.metadata
+        if event_frame_fits(uri, service, data, metadata, limit):
+            return False
+        size = event_frame_size(uri, service, data, metadata)
+        self._dead_letter(
+            entry, f"its frame is {size:,} bytes, more than EVENT_MAX_BYTES ({limit:,})"
+        )
+        return True
 
     def _take(self, entry: Entry) -> Entry:
         self._free -= 1

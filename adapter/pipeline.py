@@ -132,6 +132,7 @@ class Pipeline:
         replies: Replies,
         status_topic: str,
         forward_retained: str,
+        event_max_bytes: int = 2**20,
     ) -> None:
         self.mappings = mappings
         self.outbox = outbox
@@ -141,6 +142,7 @@ class Pipeline:
         self.replies = replies
         self.status_topic = status_topic
         self.forward_retained = forward_retained
+        self.event_max_bytes = event_max_bytes
         self.counts: Counter[str] = Counter()
         self.online: dict[str, bool | None] = {}
         self.unmapped_topics: Counter[str] = Counter()
@@ -212,6 +214,17 @@ class Pipeline:
             self.replies.match(message, mappings)
         if not self._forwards_retained(message):
             counts["retained_skipped"] += 1
+            return
+        if len(message.payload) > self.event_max_bytes:
+            # Its event could never be sent: kept as a dead letter, and never decoded or
+            # parsed (a JSON document of hundreds of MB took gigabytes).
+            counts["too_large"] += 1
+            reason = (
+                f"payload of {len(message.payload):,} bytes, more than EVENT_MAX_BYTES"
+                f" ({self.event_max_bytes:,})"
+            )
+            log.warning("message on %s kept as a dead letter: %s", message.topic[:200], reason)
+            refused.append((raw_event(message), reason))
             return
         outcome = mappings.map(message.topic, message.payload, message.received)
         if outcome is None:

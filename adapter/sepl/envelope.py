@@ -89,6 +89,32 @@ def encode_event_request(
     )
 
 
+# An event frame beyond its texts: the envelope's keys, a uuid4 token (36) and, in the
+# legacy dialect, the flat command object's other keys. Generous: it only decides when
+# the exact size must be computed.
+_FRAME_OVERHEAD = 512
+# A character of a JSON string takes at most 6 bytes: "\u001f" for a control character;
+# UTF-8 takes at most 4 bytes for one character, 6 for a surrogate pair's two escapes.
+_MAX_BYTES_PER_CHAR = 6
+
+
+def event_frame_size(device_uri: str, service_uri: str, data: str, metadata: str) -> int:
+    """Bytes of the event frame `encode_event_request` writes for these texts."""
+    frame = encode_event_request("0" * 36, device_uri, service_uri, data, metadata)
+    return len(frame.encode("utf-8", "surrogatepass"))
+
+
+def event_frame_fits(
+    device_uri: str, service_uri: str, data: str, metadata: str, max_bytes: int
+) -> bool:
+    """Whether the event's frame is at most `max_bytes` (EVENT_MAX_BYTES): a bound on the
+    characters first, so only large events are encoded to be measured."""
+    chars = len(device_uri) + len(service_uri) + len(data) + len(metadata)
+    if chars * _MAX_BYTES_PER_CHAR + _FRAME_OVERHEAD <= max_bytes:
+        return True
+    return event_frame_size(device_uri, service_uri, data, metadata) <= max_bytes
+
+
 def decode_server_frame(text: str | bytes) -> Envelope:
     """Parse a frame sent by the platform (a `response` or a `command`)."""
     obj = _json_object(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -312,3 +313,94 @@ def test_a_retained_reading_published_while_away_is_forwarded_once(
         wait_until(lambda: len(events_of(sandbox, "tasmota:away")) == 2, 15, "the retained copy")
     finally:
         assert fresh.stop() == 0
+
+
+# --- fault 1: an event larger than the platform takes ---------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_an_oversized_payload_is_a_dead_letter_and_the_link_stays_up(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Before: an event larger than the platform takes (here over the sandbox's 16 MiB
+    frame limit) closed the link at every try, the events behind it never arrived, and
+    the process held the payload many times over. Now: dead-lettered unsent (default
+    EVENT_MAX_BYTES 1 MiB), never parsed; the next reading arrives on the same session."""
+    state = tmp_path / "state"
+    adapter = AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=state,
+        log_path=tmp_path / "adapter.log",
+    ).start()
+    try:
+        assert adapter.process is not None
+        pid = adapter.process.pid
+        publish(broker.port, "tele/before/SENSOR", POW_SENSOR)
+        wait_until(lambda: events_of(sandbox, "tasmota:before"), 15, "the first reading")
+        baseline = current_rss_mb(pid)
+        size = 17 * 2**20
+        huge = '{"ENERGY":{"Power":1},"pad":"' + "x" * size + '"}'
+        publish(broker.port, "tele/huge/SENSOR", huge)
+        publish(broker.port, "tele/after/SENSOR", POW_SENSOR)
+        wait_until(lambda: events_of(sandbox, "tasmota:after"), 30, "the reading after it")
+        peak = peak_rss_mb(pid)
+        letters = cli(state, "deadletters", "list", "--json").stdout.splitlines()
+        sessions = get(f"{sandbox.url}/sessions")[1]
+    finally:
+        assert adapter.stop() == 0
+    (letter,) = [json.loads(line) for line in letters]
+    print(f"RSS {baseline:.0f} MB before, peak {peak:.0f} MB with a {size >> 20} MiB payload")
+    assert letter["device_uri"] == "" or letter["rule"] == ""  # kept as it came, unmapped
+    assert "more than EVENT_MAX_BYTES" in letter["reason"]
+    assert len(letter["data"]) == len(huge)
+    assert events_of(sandbox, "tasmota:huge") == []
+    assert sessions["opened"] == 1
+    # Copies at the peak: paho's read buffer and its message's payload (paho's own), then
+    # the payload, its text and SQLite's copy while the dead letter is written.
+    assert peak - baseline < 5 * size / 2**20
+
+
+def test_an_event_whose_frame_grows_past_the_limit_is_never_sent(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """A payload under EVENT_MAX_BYTES whose event frame is over it (JSON escapes every
+    quote of the data): dead-lettered at the sender, measured exactly."""
+    state = tmp_path / "state"
+    adapter = AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=state,
+        log_path=tmp_path / "adapter.log",
+        env={"EVENT_MAX_BYTES": "64KiB"},
+    ).start()
+    try:
+        quoted = '{"ENERGY":{"Power":5},"note":"' + '\\"' * 20_000 + '"}'  # 40 KB
+        publish(broker.port, "tele/quotes/SENSOR", quoted)
+        publish(broker.port, "tele/after/SENSOR", POW_SENSOR)
+        wait_until(lambda: events_of(sandbox, "tasmota:after"), 15, "the reading after it")
+        wait_until(
+            lambda: cli(state, "deadletters", "list", "--json").stdout.strip(), 15, "a letter"
+        )
+        letters = cli(state, "deadletters", "list", "--json").stdout.splitlines()
+    finally:
+        assert adapter.stop() == 0
+    (letter,) = [json.loads(line) for line in letters]
+    assert letter["device_uri"] == "tasmota:quotes"
+    assert re.search(
+        r"its frame is [\d,]+ bytes, more than EVENT_MAX_BYTES \(65,536\)", letter["reason"]
+    )
+    assert events_of(sandbox, "tasmota:quotes") == []

@@ -586,7 +586,9 @@ def raw_publish_invalid_topic(port: int, client_id: str) -> bytes:
 
 
 def test_bad_input_is_counted_and_good_messages_flow(stack: Stack) -> None:
-    adapter = stack.adapter()
+    # Room for the 1 MiB JSON below to arrive whole (the default EVENT_MAX_BYTES is 1 MiB,
+    # its frame a little more: test_faults.py has what happens then).
+    adapter = stack.adapter({"EVENT_MAX_BYTES": "4MiB"})
     log = EventLog(stack.sandbox.url)
     big_json = json.dumps({"n": 0, "v": 2.5, "pad": "x" * (1 << 20)}).encode()
     bad: list[tuple[str, str, bytes]] = [  # (what, topic, payload)

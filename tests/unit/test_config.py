@@ -71,6 +71,7 @@ CONFIGURATION_NAMES = [
     "MQTT_KEY_FILE",
     "CONNECTOR_CERT_FILE",
     "CONNECTOR_KEY_FILE",
+    "EVENT_MAX_BYTES",
     "ADAPTER_HTTP_HOSTS",
     "MAPPINGS_MAX_BYTES",
 ]
@@ -143,6 +144,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("connector_key_file", None),
     ("adapter_http_hosts", ()),
     ("mappings_max_bytes", 8 * 2**20),
+    ("event_max_bytes", 2**20),
 ]
 
 

@@ -1174,3 +1174,37 @@ def test_request_tokens_are_distinct_uuid4_strings() -> None:
         parsed = uuid.UUID(token)
         assert str(parsed) == token
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+# --- EVENT_MAX_BYTES (issue [14], fault 1) --------------------------------------------------
+
+
+@FAST
+@given(
+    data=st.text(max_size=300),
+    metadata=st.text(max_size=100),
+    max_bytes=st.integers(0, 3000),
+)
+def test_event_frame_fits_is_exactly_the_frame_size_test(
+    data: str, metadata: str, max_bytes: int
+) -> None:
+    from adapter.sepl.envelope import encode_event_request, event_frame_fits, event_frame_size
+
+    size = event_frame_size("tasmota:küche", "sepl_get", data, metadata)
+    assert size == len(
+        encode_event_request("0" * 36, "tasmota:küche", "sepl_get", data, metadata).encode(
+            "utf-8", "surrogatepass"
+        )
+    )
+    assert event_frame_fits("tasmota:küche", "sepl_get", data, metadata, max_bytes) == (
+        size <= max_bytes
+    )
+
+
+def test_event_frame_size_counts_escapes() -> None:
+    from adapter.sepl.envelope import event_frame_size
+
+    plain = event_frame_size("d", "s", "x" * 1000, "")
+    assert event_frame_size("d", "s", '"' * 1000, "") == plain + 1000  # \"
+    assert event_frame_size("d", "s", "\x01" * 1000, "") == plain + 5000  # \u0001
+    assert event_frame_size("d", "s", "€" * 1000, "") == plain + 2000  # 3 bytes in UTF-8
