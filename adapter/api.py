@@ -148,6 +148,10 @@ class Metrics:
                 "frames from the platform that broke the protocol",
                 platform.malformed_frames,
             ),
+            "history_dropped_for_space": (
+                "readings removed to keep the history within HISTORY_MAX_BYTES",
+                now.history.dropped_for_space,
+            ),
             "commands_received": ("commands from the platform", counts.get("commands", 0)),
             "command_timeouts": (
                 "commands whose device did not reply in time",
@@ -165,6 +169,7 @@ class Metrics:
             "platform_up": ("1 when the platform link is ready", 1.0 if platform.ready else 0.0),
             "mqtt_up": ("1 when connected to the broker", 1.0 if now.mqtt.connected else 0.0),
             "devices": ("devices the gateway manages", len(platform.devices)),
+            "history_bytes": ("bytes of the history's pages in use", now.history.used_bytes or 0),
         }
         for name, (text, value) in gauges.items():
             gauge = GaugeMetricFamily(f"sepl_adapter_{name}", text)

@@ -148,7 +148,9 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
     )
     history = open_history(state_dir / "history.sqlite3", settings.history_retention)
     # The writer's own connection, used only on its worker thread.
-    history_writes = HistoryStore(state_dir / "history.sqlite3", settings.history_retention)
+    history_writes = HistoryStore(
+        state_dir / "history.sqlite3", settings.history_retention, settings.history_max_bytes
+    )
     recorder = HistoryWriter(history_writes)
     if len(outbox):
         log.info("resuming with %d events in the outbox", len(outbox))
@@ -208,6 +210,7 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
                     delivery=sender.status,
                     platform=lambda: platform_status(connector),
                     mappings=live.status,
+                    history=recorder.status,
                 )
                 token = settings.adapter_http_token
                 api = Api(

@@ -125,6 +125,7 @@ class Settings:
     adapter_http_hosts: tuple[str, ...] = ()
     mappings_max_bytes: int = 8 * 2**20
     event_max_bytes: int = 2**20
+    history_max_bytes: int = 2 * 10**9
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -490,6 +491,13 @@ SPECS: tuple[_Spec, ...] = (
         parse_size,
         "1MiB",
         "size limit of an encoded event frame; larger events are dead-lettered",
+        "SIZE",
+    ),
+    _Spec(
+        "HISTORY_MAX_BYTES",
+        parse_size,
+        "2GB",
+        "disk budget of the history; the oldest readings go first",
         "SIZE",
     ),
     _Spec(

@@ -29,6 +29,7 @@ from adapter import fastjson
 from adapter.mapping.renames import device_of, physical_device, reading_of
 from adapter.migrations import Migration, open_versioned
 from adapter.sqlitedb import transaction
+from adapter.status import HistoryStatus
 
 GRANULARITIES = (
     "all",
@@ -216,8 +217,13 @@ Layout = tuple[tuple[str, ...], Mapping[str, str], Series]
 
 
 class HistoryStore:
-    def __init__(self, path: Path | str, retention: float = 30 * 86400.0) -> None:
+    def __init__(
+        self, path: Path | str, retention: float = 30 * 86400.0, max_bytes: int | None = None
+    ) -> None:
         self.retention = retention
+        self.max_bytes = max_bytes  # HISTORY_MAX_BYTES: the oldest readings go beyond it
+        self.dropped_for_space = 0
+        self.used = 0  # bytes of the file's pages in use, at the last look
         self.db = open_versioned(path, MIGRATIONS, "history")
         self._staged = self.db.execute("SELECT COUNT(*) FROM samples_recent").fetchone()[0]
         self._folded_at = time.monotonic()
@@ -369,12 +375,59 @@ class HistoryStore:
         return moved
 
     def expire(self, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - self.retention
+        """Readings past the retention, then the oldest beyond HISTORY_MAX_BYTES."""
+        now = time.time() if now is None else now
+        dropped = self._delete_before(now - self.retention)
+        return dropped + self.trim(now)
+
+    def _delete_before(self, cutoff: float) -> int:
         with transaction(self.db):
             return sum(
                 self.db.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,)).rowcount
                 for table in ("samples", "samples_recent")
             )
+
+    def used_bytes(self) -> int:
+        """Bytes of the file's pages in use (freed pages are reused before it grows)."""
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        self.used = int((pages - free) * page_size)
+        return self.used
+
+    def trim(self, now: float) -> int:
+        """The oldest readings, until the history's pages in use fit HISTORY_MAX_BYTES:
+        a cut-off time as far into the readings' span as the excess is of the whole (and
+        5 % more, so a trim is not due again at the next write), a few rounds at most."""
+        if self.max_bytes is None:
+            return 0
+        dropped = 0
+        for _ in range(5):
+            used = self.used_bytes()
+            if used <= self.max_bytes:
+                break
+            oldest = min(
+                (
+                    row[0]
+                    for table in ("samples", "samples_recent")
+                    for row in self.db.execute(f"SELECT MIN(ts) FROM {table}")
+                    if row[0] is not None
+                ),
+                default=None,
+            )
+            if oldest is None or oldest >= now:
+                break
+            share = min(1.0, (used - self.max_bytes) / used + 0.05)
+            dropped += self._delete_before(oldest + (now - oldest) * share)
+        if dropped:
+            self.dropped_for_space += dropped
+            log.warning(
+                "the history is over HISTORY_MAX_BYTES (%d bytes): its %d oldest readings"
+                " were removed",
+                self.max_bytes,
+                dropped,
+            )
+        return dropped
 
     # --- reading -------------------------------------------------------------------------
 
@@ -648,7 +701,11 @@ class HistoryWriter:
     # not stall behind it.
     def __init__(self, store: HistoryStore, capacity: int = 256) -> None:
         self.store = store
+        store.used_bytes()
         self._in, self._out = anyio.create_memory_object_stream[list[Reading]](capacity)
+
+    def status(self) -> HistoryStatus:
+        return HistoryStatus(self.store.dropped_for_space, self.store.used)
 
     async def put(self, readings: list[Reading]) -> None:
         """Waits when `capacity` batches are waiting: the disk holds back the intake."""

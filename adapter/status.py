@@ -82,6 +82,12 @@ class PlatformStatus:
 
 
 @dataclass(frozen=True)
+class HistoryStatus:
+    dropped_for_space: int = 0  # readings removed to keep HISTORY_MAX_BYTES
+    used_bytes: int | None = None  # the history's pages in use, at the last look
+
+
+@dataclass(frozen=True)
 class Snapshot:
     mqtt: MqttStatus
     pipeline: PipelineStatus
@@ -89,6 +95,7 @@ class Snapshot:
     delivery: DeliveryStatus
     platform: PlatformStatus
     mappings: MappingsStatus
+    history: HistoryStatus = HistoryStatus()
 
 
 @dataclass
@@ -101,6 +108,7 @@ class StatusBoard:
     delivery: Callable[[], DeliveryStatus]
     platform: Callable[[], PlatformStatus]
     mappings: Callable[[], MappingsStatus]
+    history: Callable[[], HistoryStatus] = HistoryStatus
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -110,4 +118,5 @@ class StatusBoard:
             self.delivery(),
             self.platform(),
             self.mappings(),
+            self.history(),
         )

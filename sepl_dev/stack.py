@@ -368,6 +368,8 @@ Watch the [sandbox] lines: the sandbox logs one line for every event it receives
 Send a command to a simulated plug (watch the [sim] and [adapter] lines):
   .venv/bin/sepl-adapter sandbox command{url_flag} tasmota:kitchen off
   curl -X POST {sandbox}/commands -d '{{"device":"tasmota:kitchen","service":"off"}}'
+The CLI on this adapter's state (query, dead letters, check):
+  ADAPTER_STATE_DIR={s.state_dir / "adapter"} .venv/bin/sepl-adapter deadletters list
 Stop everything with Ctrl-C."""
 
 

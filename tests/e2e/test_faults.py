@@ -78,6 +78,9 @@ def test_a_dead_letter_replay_from_the_cli_keeps_the_running_adapters_counts(
             assert get(api + path)[0] == 200, path
         metrics = get(f"{api}/metrics")[1]
         assert "sepl_adapter_outbox_depth 0.0" in metrics
+        # The history's disk budget (HISTORY_MAX_BYTES) is watched and counted.
+        assert "sepl_adapter_history_dropped_for_space_total 0.0" in metrics
+        assert re.search(r"sepl_adapter_history_bytes [1-9]", metrics)
     finally:
         code = adapter.stop()
     assert code == 0

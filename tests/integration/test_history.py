@@ -1222,3 +1222,53 @@ def test_the_channels_a_device_reported(store: HistoryStore) -> None:
     assert store.channels("e:node") == ["relay"]
     assert sorted(store.channels("t:plug")) == ["", "2"]
     assert store.channels("x:none") == []
+
+
+# --- HISTORY_MAX_BYTES (issue [14]) ---------------------------------------------------------
+
+
+def test_the_history_keeps_to_its_disk_budget_dropping_the_oldest(tmp_path: Path) -> None:
+    """A day of readings of 50 devices in a history allowed 2 MB: the oldest go, the newest
+    stay, the pages in use fit the budget and the removed readings are counted."""
+    path = tmp_path / "history.sqlite3"
+    budget = 2_000_000
+    store = HistoryStore(path, retention=30 * 86400.0, max_bytes=budget)
+    start = 1_800_000_000.0
+    for minute in range(0, 24 * 60, 2):
+        store.record(
+            [
+                Reading(
+                    f"t:dev{d}", start + minute * 60 + d, {"power": 1.0, "energy": 1.0}, "power"
+                )
+                for d in range(50)
+            ]
+        )
+    store.fold()
+    before = store.used_bytes()
+    assert before > budget  # the case the budget is for
+    now = start + 24 * 3600
+    dropped = store.expire(now)
+    after = store.used_bytes()
+    everything = Query(None, "all", None)
+    (row,) = store.average("t:dev7", everything, now=now)
+    print(f"used {before:,} -> {after:,} bytes (budget {budget:,}); dropped {dropped} readings")
+    assert after <= budget
+    assert dropped == store.dropped_for_space > 0
+    # The oldest went first: what is left is the newest, up to the last minute.
+    assert row["time_stamp"] > format_stamp(start + 3600)
+    assert store.average("t:dev7", Query(600.0, "all", None), now=now)[0]["data_points"] == 5
+    # Within the budget, nothing more goes.
+    assert store.expire(now) == 0
+    store.close()
+    # Freed pages are reused: more readings do not grow the file past the budget's reach.
+    size = path.stat().st_size
+    again = HistoryStore(path, retention=30 * 86400.0, max_bytes=budget)
+    again.record([Reading("t:dev0", now + k, {"power": 1.0}, "power") for k in range(2000)])
+    again.fold()
+    again.close()
+    assert path.stat().st_size <= size
+
+
+def test_no_budget_means_nothing_is_trimmed(store: HistoryStore) -> None:
+    store.record([Reading("t:d", 100.0, {"power": 1.0})])
+    assert store.trim(200.0) == 0 and store.dropped_for_space == 0

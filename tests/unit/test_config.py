@@ -72,6 +72,7 @@ CONFIGURATION_NAMES = [
     "CONNECTOR_CERT_FILE",
     "CONNECTOR_KEY_FILE",
     "EVENT_MAX_BYTES",
+    "HISTORY_MAX_BYTES",
     "ADAPTER_HTTP_HOSTS",
     "MAPPINGS_MAX_BYTES",
 ]
@@ -145,6 +146,7 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("adapter_http_hosts", ()),
     ("mappings_max_bytes", 8 * 2**20),
     ("event_max_bytes", 2**20),
+    ("history_max_bytes", 2 * 10**9),
 ]
 
 
