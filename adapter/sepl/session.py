@@ -419,9 +419,7 @@ class GatewaySession:
         kind = (device.device_type, service)
         risky = uri in self._failing or kind in self._failing or kind not in self._proven
         if risky:
-            if self._guard and self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
-                if self.errors_in_row and not self._pending:
-                    self._reset_budget(now)
+            if self._budget_low(now):
                 return Refusal.BUDGET
             self._risky_in_flight += 1
         token = self.new_token()
@@ -431,6 +429,16 @@ class GatewaySession:
         self.in_flight += 1
         self._writes.append(envelope.encode_event_request(token, uri, service, data, metadata))
         return None
+
+    def _budget_low(self, now: float) -> bool:
+        """Whether a risky request (one that may well be refused) must wait: the errors in
+        a row, with the risky requests unanswered, could reach the guard. With nothing on
+        its way whose answer would reset the count, a reset goes."""
+        if not self._guard or self.errors_in_row + self._risky_in_flight < BUDGET_GUARD:
+            return False
+        if self.errors_in_row and not self._pending:
+            self._reset_budget(now)
+        return True
 
     def _reset_budget(self, now: float) -> None:
         """A commit of the devices attached now: the Go connector answers it 200 whatever
@@ -574,6 +582,16 @@ class GatewaySession:
         self._events.append(Malformed(reason, size))
 
     def _answered(self, request: _Request, answer: Envelope, now: float) -> None:
+        self._take_answer(request, answer, now)
+        if (
+            self._puts
+            and self._put_token is None
+            and request.handler not in ("put", "clear")
+            and not self.closed
+        ):
+            self._next_put(now)  # puts held back by the error budget: go on, or reset
+
+    def _take_answer(self, request: _Request, answer: Envelope, now: float) -> None:
         handler = request.handler
         # After any error answer only one request may be in flight until a 200 (D8): the
         # platform counts every error in a row towards closing the session.
@@ -590,13 +608,6 @@ class GatewaySession:
                 self._events.append(
                     Notice(f"commit answered {answer.status}: the error budget cannot be reset")
                 )
-        if (
-            (ok or request.reset)
-            and self._puts
-            and self._put_token is None
-            and handler not in ("put", "clear")
-        ):
-            self._next_put(now)  # puts held back by the error budget go on
         if request.reset:
             return
         if handler == "event":
@@ -655,11 +666,8 @@ class GatewaySession:
             if device.uri in self.attached:
                 self._puts.popleft()
                 continue
-            # A put may be refused (a type the platform lacks): held back, as risky events
-            # are, once the platform's count of errors could reach the guard.
-            if self._guard and self.errors_in_row + self._risky_in_flight >= BUDGET_GUARD:
-                if self.errors_in_row:
-                    self._reset_budget(now)
+            # A put may be refused (a type the platform lacks): risky, as events can be.
+            if self._budget_low(now):
                 return
             self._put_token = self._request(
                 "put", device.put_payload(), now, self.sync_timeout, device.uri
