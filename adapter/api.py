@@ -169,6 +169,10 @@ class Metrics:
             "platform_up": ("1 when the platform link is ready", 1.0 if platform.ready else 0.0),
             "mqtt_up": ("1 when connected to the broker", 1.0 if now.mqtt.connected else 0.0),
             "devices": ("devices the gateway manages", len(platform.devices)),
+            "disk_full": (
+                "1 while the outbox cannot be written (a full disk): messages wait at the broker",
+                0.0 if now.pipeline.disk_full_for_s is None else 1.0,
+            ),
             "history_bytes": ("bytes of the history's pages in use", now.history.used_bytes or 0),
         }
         for name, (text, value) in gauges.items():
@@ -339,8 +343,12 @@ class Api:
             "dead_letters": now.outbox.dead_letters,
             "devices": len(platform.devices),
             "quarantined": sorted(platform.quarantined),
+            # A full disk: no message is taken until it has room (issue [14]).
+            "disk_full_for_s": now.pipeline.disk_full_for_s,
         }
-        healthy = down_for is None or down_for < PLATFORM_DOWN_LIMIT
+        healthy = (down_for is None or down_for < PLATFORM_DOWN_LIMIT) and (
+            now.pipeline.disk_full_for_s is None
+        )
         return json_response(body, status=200 if healthy else 503)
 
     async def overview(self, request: Request) -> Response:
@@ -367,6 +375,7 @@ class Api:
                     "last_error": platform.last_error or None,
                 },
                 "outbox_depth": now.outbox.depth,
+                "disk_full_for_s": now.pipeline.disk_full_for_s,
                 "oldest_waiting_s": now.outbox.oldest_waiting_s,
                 "dead_letters": now.outbox.dead_letters,
                 "quarantined": dict(platform.quarantined),

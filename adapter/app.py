@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import logging
 import shutil
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,11 +37,13 @@ from adapter.mapping import MappingError, MappingSet, load_directory
 from adapter.migrations import CorruptDatabase, move_aside
 from adapter.mqtt import MqttLink, MqttTlsError, tls_context
 from adapter.outbox import Outbox
-from adapter.pipeline import Pipeline, Replies
+from adapter.pipeline import DISK_RETRY, Pipeline, Replies
 from adapter.sepl import Connector, ConnectorConfig, ConnectorError, Device
+from adapter.sqlitedb import disk_full
 from adapter.stateupgrade import upgrade_state_dir
 from adapter.status import PlatformStatus, StatusBoard
 
+T = TypeVar("T")
 log = logging.getLogger("adapter")
 
 GC_YOUNG_THRESHOLD = 5_000
@@ -117,8 +122,12 @@ async def run(settings: Settings, mappings: MappingSet) -> None:
 async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path) -> None:
     # Versions up to 0.1.0 kept compiled mapping files here; nothing reads them any more.
     shutil.rmtree(state_dir / "mappings-cache", ignore_errors=True)
-    upgrade_state_dir(state_dir)
-    client_id = settings.mqtt_client_id or statedir.client_id(state_dir)
+    await _when_disk_has_room("the state directory", lambda: upgrade_state_dir(state_dir))
+    client_id = settings.mqtt_client_id
+    if not client_id:
+        client_id = await _when_disk_has_room(
+            "the MQTT client id", lambda: statedir.client_id(state_dir)
+        )
     discovery = None
     if any(
         prefix is not None
@@ -143,10 +152,16 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
         settings.mappings_max_bytes,
     )
     mqtt = MqttLink(settings, client_id, live.filters(), state_dir=state_dir)
-    outbox = Outbox(
-        state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
+    outbox = await _when_disk_has_room(
+        "the outbox",
+        lambda: Outbox(
+            state_dir / "outbox.sqlite3", settings.outbox_max_events, settings.outbox_max_age
+        ),
     )
-    history = open_history(state_dir / "history.sqlite3", settings.history_retention)
+    history = await _when_disk_has_room(
+        "the history",
+        lambda: open_history(state_dir / "history.sqlite3", settings.history_retention),
+    )
     # The writer's own connection, used only on its worker thread.
     history_writes = HistoryStore(
         state_dir / "history.sqlite3", settings.history_retention, settings.history_max_bytes
@@ -181,6 +196,7 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
                 status_topic=settings.mqtt_status_topic,
                 forward_retained=settings.forward_retained,
                 event_max_bytes=settings.event_max_bytes,
+                on_disk_full=mqtt.hold,
             )
             commands = CommandHandler(
                 commands=connector.commands,
@@ -249,6 +265,26 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
         history_writes.close()
 
 
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
+async def _when_disk_has_room(what: str, open_file: Callable[[], T]) -> T:
+    """`open_file()`, waiting while the disk is full (a line a minute) instead of exiting:
+    under systemd an exit on a full disk was a crash loop (issue [14])."""
+    logged = -60.0
+    while True:
+        try:
+            return open_file()
+        except (sqlite3.Error, OSError) as exc:
+            if not (disk_full(exc) or getattr(exc, "errno", None) in _NO_ROOM):
+                raise
+            now = time.monotonic()
+            if now - logged >= 60.0:
+                logged = now
+                log.warning("cannot open %s: the disk is full (%s); waiting for room", what, exc)
+            await anyio.sleep(DISK_RETRY)
+
+
 def open_history(path: Path, retention: float) -> HistoryStore:
     """The history; a damaged one is moved aside and a new one started: it only serves
     averages and device state, and must not keep events from being forwarded."""
@@ -276,7 +312,11 @@ async def release_devices(connector: Connector, new: MappingSet, removed: Sequen
 async def _expire(outbox: Outbox) -> None:
     # The history's old readings are deleted by its writer (HistoryWriter).
     while True:
-        outbox.expire()
+        try:
+            outbox.expire()
+        except sqlite3.Error as exc:
+            if not disk_full(exc):
+                raise  # a full disk: the next round deletes them
         await anyio.sleep(60)
 
 

@@ -4,8 +4,10 @@ breaker so one poison device cannot spend the session's error budget."""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -21,8 +23,10 @@ from adapter.sepl.errors import (
     EventRejected,
     LinkDown,
 )
+from adapter.sqlitedb import disk_full
 from adapter.status import DeliveryStatus, Latency
 
+DISK_RETRY = 2.0  # s before an event whose dead letter could not be written goes again
 log = logging.getLogger("adapter.delivery")
 
 FETCH = 512  # rows read from the outbox at a time
@@ -95,6 +99,7 @@ class Sender:
         self._free = self.inflight
         self._slot_freed = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._full_logged = -60.0
 
     def notify(self) -> None:
         """New rows were added (by another process, or without `offer`)."""
@@ -148,10 +153,17 @@ class Sender:
         self.flush()
 
     def flush(self) -> None:
-        """Delete the answered events from the outbox."""
+        """Delete the answered events from the outbox; on a full disk they stay listed
+        and go with the next flush (a crash meanwhile sends them again: duplicates)."""
         if self._acked:
             acked, self._acked = self._acked, []
-            self.outbox.delete(acked)
+            try:
+                self.outbox.delete(acked)
+            except sqlite3.Error as exc:
+                if not disk_full(exc):
+                    raise
+                self._acked = acked + self._acked
+                self._full_disk(exc)
 
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
@@ -313,7 +325,8 @@ class Sender:
                     self._breaker(uri).failures,
                 )
             if exc.retryable and entry.attempts + 1 < self.max_retries:
-                self.outbox.record_attempt(entry.seq)
+                with contextlib.suppress(sqlite3.Error):  # a full disk: the count is not kept
+                    self.outbox.record_attempt(entry.seq)
                 self.stats.retries += 1
                 retried = entry._replace(attempts=entry.attempts + 1)
                 self._hold(retried, time.monotonic() + self.retry_base * 2**entry.attempts)
@@ -347,11 +360,25 @@ class Sender:
         return breaker
 
     def _dead_letter(self, entry: Entry, reason: str) -> None:
+        try:
+            self.outbox.dead_letter(entry, reason)
+        except sqlite3.Error as exc:
+            if not disk_full(exc):
+                raise
+            # Stays in the outbox; tried again (and refused again) once the disk has room.
+            self._full_disk(exc)
+            self._hold(entry, time.monotonic() + DISK_RETRY)
+            return
         self.stats.dead_lettered += 1
         log.warning(
             "event %d of %s moved to the dead letters: %s", entry.seq, entry.device_uri, reason
         )
-        self.outbox.dead_letter(entry, reason)
+
+    def _full_disk(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._full_logged >= 60.0:  # a line a minute
+            self._full_logged = now
+            log.warning("cannot write the outbox (%s): the disk is full; trying again", exc)
 
     async def _flusher(self) -> None:
         while True:

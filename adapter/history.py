@@ -28,7 +28,7 @@ import anyio
 from adapter import fastjson
 from adapter.mapping.renames import device_of, physical_device, reading_of
 from adapter.migrations import Migration, open_versioned
-from adapter.sqlitedb import transaction
+from adapter.sqlitedb import disk_full, transaction
 from adapter.status import HistoryStatus
 
 GRANULARITIES = (
@@ -701,6 +701,8 @@ class HistoryWriter:
     # not stall behind it.
     def __init__(self, store: HistoryStore, capacity: int = 256) -> None:
         self.store = store
+        self._lost_to_full_disk = 0
+        self._full_logged = -60.0
         store.used_bytes()
         self._in, self._out = anyio.create_memory_object_stream[list[Reading]](capacity)
 
@@ -746,10 +748,21 @@ class HistoryWriter:
         with anyio.CancelScope(shield=True):
             try:
                 await anyio.to_thread.run_sync(self._write_now, readings, expire)
-            except Exception:
+            except Exception as exc:
                 # The events are in the outbox already; a history that cannot be written
                 # (disk full, broken file) must not stop them.
-                log.exception("could not write %d readings to the history", len(readings))
+                if not disk_full(exc):
+                    log.exception("could not write %d readings to the history", len(readings))
+                    return
+                self._lost_to_full_disk += len(readings)
+                now = time.monotonic()
+                if now - self._full_logged >= 60.0:  # a line a minute, not one a write
+                    self._full_logged = now
+                    log.warning(
+                        "the disk is full: %d readings not written to the history so far (%s)",
+                        self._lost_to_full_disk,
+                        exc,
+                    )
 
     def _write_now(self, readings: list[Reading], expire: bool) -> None:
         self.store.record(readings)

@@ -140,6 +140,7 @@ class MqttLink:
         self._write_wanted = anyio.Event()
         self._loop_thread = threading.get_ident()
         self._tls: ssl.SSLContext | None = None
+        self._held = False  # keep-alive held (see `hold`)
         self._awaiting_connack = False  # connected, CONNECT written, no CONNACK yet
         self._read_error = ""  # what paho logged as an error meanwhile
         self._client = self._make_client()
@@ -445,10 +446,19 @@ class MqttLink:
                 if client.want_write():  # the socket's buffer is full
                     await anyio.wait_writable(sock)
 
+    def hold(self, held: bool) -> None:
+        """While the disk is full the reader waits and nothing is read: paho's keep-alive
+        would then time out (its ping's answer unread) and close the socket, and the QoS 0
+        messages the broker already sent, waiting in it, would be lost. So it is held;
+        a broker that gives up on the silent client closes the connection, and what it
+        sent before is still read once the disk has room."""
+        self._held = held
+
     async def _keepalive(self) -> None:
         while True:
             await anyio.sleep(MISC_INTERVAL)
-            self._client.loop_misc()
+            if not self._held:
+                self._client.loop_misc()
 
     async def _stop(self) -> None:
         """The retained `offline` and a DISCONNECT, written within STOP_GRACE."""

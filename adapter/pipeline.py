@@ -16,6 +16,7 @@ outbox. The command path (adapter/commands.py) shares `Replies` with it.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,11 +32,13 @@ from adapter.mapping.eventparts import event_metadata, millis_timestamp, payload
 from adapter.mqtt import Message
 from adapter.outbox import Entry, NewEvent, Outbox
 from adapter.sepl.device import Device
+from adapter.sqlitedb import disk_full
 from adapter.status import PipelineStatus
 
 log = logging.getLogger("adapter")
 
 SLICE = 32  # messages mapped, stored and acknowledged before the answers get a turn
+DISK_RETRY = 2.0  # s between tries to write the outbox on a full disk
 UNMAPPED_TOPICS_KEPT = 1000
 OWN_ECHO_WINDOW = 10.0  # seconds in which a message equal to one we published is ours
 
@@ -133,6 +136,7 @@ class Pipeline:
         status_topic: str,
         forward_retained: str,
         event_max_bytes: int = 2**20,
+        on_disk_full: Callable[[bool], None] = lambda full: None,
     ) -> None:
         self.mappings = mappings
         self.outbox = outbox
@@ -143,6 +147,8 @@ class Pipeline:
         self.status_topic = status_topic
         self.forward_retained = forward_retained
         self.event_max_bytes = event_max_bytes
+        self.on_disk_full = on_disk_full  # the link stops its keep-alive while the disk is full
+        self.disk_full_since: float | None = None
         self.counts: Counter[str] = Counter()
         self.online: dict[str, bool | None] = {}
         self.unmapped_topics: Counter[str] = Counter()
@@ -152,10 +158,12 @@ class Pipeline:
         self.counts[what] += 1
 
     def status(self) -> PipelineStatus:
+        since = self.disk_full_since
         return PipelineStatus(
             dict(self.counts),
             dict(self.online),
             tuple(self.unmapped_topics.most_common(10)),
+            None if since is None else round(time.monotonic() - since, 1),
         )
 
     async def deliver(self, batch: list[Message]) -> None:
@@ -183,17 +191,56 @@ class Pipeline:
             try:
                 self._take(message, mappings, events, refused, readings)
             except Exception as exc:
+                if disk_full(exc):
+                    raise
                 # A bug on one message must not stop the adapter (it would come back from
                 # the broker at every start): keep it as a dead letter, go on.
                 self.counts["internal_errors"] += 1
                 log.exception("could not process a message on %s", message.topic)
                 refused.append((raw_event(message), f"internal error: {exc!r}"))
-        self.offer(self.outbox.add(events))
-        self.outbox.add_dead_letters(refused)
+        await self._store(events, refused)
         self.ack(messages)
         await self.history.put(readings)
         if discovered:
             await self.mappings.apply_discovery()
+
+    async def _store(self, events: list[NewEvent], refused: list[tuple[NewEvent, str]]) -> None:
+        """The slice's events into the outbox, before the broker gets its acknowledgement.
+        On a full disk this waits, retrying, and the link reads nothing meanwhile: the
+        broker keeps what it could not deliver (issue [14])."""
+        while True:
+            try:
+                entries = self.outbox.add(events)
+                self.outbox.add_dead_letters(refused)
+            except sqlite3.Error as exc:
+                if not disk_full(exc):
+                    raise
+                self._disk_full(str(exc))
+                await anyio.sleep(DISK_RETRY)
+                continue
+            if self.disk_full_since is not None:
+                log.warning(
+                    "the disk has room again after %.0f s: taking messages again",
+                    time.monotonic() - self.disk_full_since,
+                )
+                self.disk_full_since = None
+                self.on_disk_full(False)
+            self.offer(entries)
+            return
+
+    def _disk_full(self, reason: str) -> None:
+        now = time.monotonic()
+        if self.disk_full_since is None:
+            self.disk_full_since = now
+            self.counts["disk_full"] += 1
+            self.on_disk_full(True)
+        self.problems.warning(
+            "disk full",
+            "cannot write the outbox (%s): messages wait at the broker until the disk has"
+            " room; retrying every %g s",
+            reason,
+            DISK_RETRY,
+        )
 
     def _take(
         self,

@@ -28,6 +28,20 @@ def open_db(path: Path | str) -> sqlite3.Connection:
     return db
 
 
+# SQLite's primary result codes of a write the disk refused: SQLITE_FULL, and SQLITE_IOERR
+# (a file system that fails writes when full reports that). sqlite_errorcode may carry an
+# extended code (SQLITE_IOERR_WRITE is 778): its low byte is the primary one.
+_DISK_FULL_CODES = {10, 13}
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a sqlite3 error is the disk refusing to write (full, or failing)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.Error) and isinstance(code, int) and code & 0xFF in _DISK_FULL_CODES
+    )
+
+
 @contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("BEGIN IMMEDIATE")

@@ -55,11 +55,13 @@ def locked(state_dir: Path) -> Iterator[None]:
                 "directory per running adapter; give a second instance its own "
                 "ADAPTER_STATE_DIR"
             ) from None
-        # Who holds it, for the message above; written after the lock is ours.
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        # Who holds it, for the message above; written after the lock is ours. On a full
+        # disk the pid may not fit: the lock holds without it.
+        with contextlib.suppress(OSError):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
         yield
 
 

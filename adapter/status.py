@@ -39,6 +39,7 @@ class PipelineStatus:
     counts: Mapping[str, int]  # received, mapped, unmapped, rejected, …
     online: Mapping[str, bool | None]  # device uri -> availability
     unmapped_topics: tuple[tuple[str, int], ...]  # the most frequent, with their counts
+    disk_full_for_s: float | None = None  # the outbox cannot be written (a full disk)
 
 
 @dataclass(frozen=True)

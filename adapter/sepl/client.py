@@ -766,7 +766,13 @@ class Connector:
     def _flush_save(self) -> None:
         if self._save_pending:
             self._save_pending = False
-            self.state.save_devices()
+            try:
+                self.state.save_devices()
+            except OSError as exc:
+                # A full disk: the device set on disk stays older than a commit, which
+                # costs one full sync at the next start, never a wrong hash match.
+                self._save_pending = True
+                log.warning("could not save the device set: %s", exc)
 
     # --- the link ------------------------------------------------------------------------
 

@@ -4,16 +4,21 @@ the sandbox platform, the adapter and its CLI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
@@ -27,8 +32,8 @@ def get(url: str) -> tuple[int, Any]:
             body = answer.read()
             status = answer.status
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    text = body.decode()
+        status, body = exc.code, exc.read()
+    text = body.decode(errors="replace")
     return status, json.loads(text) if text.startswith(("{", "[")) else text
 
 
@@ -407,3 +412,125 @@ def test_an_event_whose_frame_grows_past_the_limit_is_never_sent(
         r"its frame is [\d,]+ bytes, more than EVENT_MAX_BYTES \(65,536\)", letter["reason"]
     )
     assert events_of(sandbox, "tasmota:quotes") == []
+
+
+# --- fault 2: the disk full ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `path` (root only: CI runs as root)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """A file that takes every byte left on `disk`."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 1):  # big chunks, then the bytes left
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.parametrize(
+    "full_for", [0.0, 50.0], ids=["briefly", "past the broker's keep-alive of 45 s"]
+)
+def test_a_full_disk_holds_messages_at_the_broker_and_forwarding_resumes_by_itself(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path, full_for: float
+) -> None:
+    """Fault 2: before, the adapter crashed (exit 1, `database or disk is full`) and every
+    restart on the full disk failed again: a crash loop. Now it stops taking messages, says
+    so on /healthz and in a metric, and resumes when the disk has room: every message
+    published meanwhile, QoS 0 and QoS 1, arrives, with no restart."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    with small_disk(tmp_path / "disk", "6m") as disk:
+        adapter = AdapterProcess(
+            mqtt_port=broker.port,
+            connector_url=sandbox.ws_url,
+            state_dir=disk / "state",
+            log_path=tmp_path / "adapter.log",
+            env={"ADAPTER_HTTP": f"127.0.0.1:{port}"},
+        ).start()
+        try:
+            assert adapter.process is not None
+            pid = adapter.process.pid
+            publish(broker.port, "tele/first/SENSOR", POW_SENSOR)
+            wait_until(lambda: events_of(sandbox, "tasmota:first"), 15, "the first event")
+            filler = fill(disk)
+            for n in range(20):
+                for qos in (0, 1):
+                    publish(broker.port, f"tele/full{qos}n{n}/SENSOR", POW_SENSOR, qos=qos)
+            wait_until(lambda: get(f"{api}/healthz")[0] == 503, 30, "/healthz to say so")
+            body = get(f"{api}/healthz")[1]
+            assert body["disk_full_for_s"] is not None
+            assert re.search(r"sepl_adapter_disk_full 1\.0", get(f"{api}/metrics")[1])
+            # Long enough, the broker gives up on the silent client (1.5 x its keep-alive)
+            # and queues for the session; what it sent before is read after.
+            time.sleep(full_for)
+            for n in range(20, 25):
+                publish(broker.port, f"tele/full0n{n}/SENSOR", POW_SENSOR, qos=0)
+            filler.unlink()
+
+            def all_arrived() -> bool:
+                return all(
+                    events_of(sandbox, f"tasmota:full{qos}n{n}")
+                    for qos in (0, 1)
+                    for n in range(25 if qos == 0 else 20)
+                )
+
+            wait_until(all_arrived, 60, "every message published while the disk was full")
+            wait_until(lambda: get(f"{api}/healthz")[0] == 200, 15, "/healthz healthy again")
+            assert adapter.process.pid == pid and adapter.process.poll() is None
+        finally:
+            code = adapter.stop()
+        log = adapter.log_text()
+    assert code == 0
+    assert "Traceback" not in log
+    assert "messages wait at the broker until the disk has room" in log
+    assert "the disk has room again" in log
+
+
+def test_start_up_on_a_full_disk_waits_for_room_instead_of_exiting(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Before: each start on the full disk failed (`disk I/O error`), a crash loop under
+    systemd. Now start-up waits, a line a minute, and goes on when the disk has room."""
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        (disk / "state").mkdir()
+        filler = fill(disk)
+        adapter = AdapterProcess(
+            mqtt_port=broker.port,
+            connector_url=sandbox.ws_url,
+            state_dir=disk / "state",
+            log_path=tmp_path / "adapter.log",
+        ).start(wait_subscribed=False)
+        try:
+            adapter.wait_for_log("the disk is full", 15)
+            time.sleep(3)  # it waits, alive
+            assert adapter.process is not None and adapter.process.poll() is None
+            filler.unlink()
+            adapter.wait_for_log("broker confirmed", 20)
+            publish(broker.port, "tele/late/SENSOR", POW_SENSOR)
+            wait_until(lambda: events_of(sandbox, "tasmota:late"), 15, "an event")
+        finally:
+            code = adapter.stop()
+    assert code == 0
+    assert "Traceback" not in adapter.log_text()

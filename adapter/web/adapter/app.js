@@ -271,13 +271,20 @@ function renderOverview(o, devices) {
   });
 
   const behind = o.oldest_waiting_s;
-  const outboxKind = !o.outbox_depth ? "good" : behind > 60 ? "warn" : "none";
-  card("card-outbox", badge(outboxKind, `${number(o.outbox_depth)} waiting`), {
-    detail:
-      behind === null || behind === undefined
-        ? "nothing waiting: up to date"
-        : `${duration(behind)} behind (the oldest event has waited that long)`,
-  });
+  const full = o.disk_full_for_s;
+  const outboxKind = full != null ? "bad" : !o.outbox_depth ? "good" : behind > 60 ? "warn" : "none";
+  card(
+    "card-outbox",
+    badge(outboxKind, full != null ? "disk full" : `${number(o.outbox_depth)} waiting`),
+    {
+      detail:
+        full != null
+          ? `the disk has been full for ${duration(full)}: messages wait at the broker`
+          : behind === null || behind === undefined
+            ? "nothing waiting: up to date"
+            : `${duration(behind)} behind (the oldest event has waited that long)`,
+    },
+  );
 
   card(
     "card-dead",
