@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
@@ -449,6 +451,22 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+def publish_all(port: int, topics: list[tuple[str, int]]) -> None:
+    """POW_SENSOR on each (topic, qos) over one connection, then a QoS 1 marker whose
+    acknowledgement says the broker took every QoS 0 message before it (a client per
+    message, each with one id, could lose a QoS 0 message to the next one's take-over)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="test-faults-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for topic, qos in topics:
+            client.publish(topic, POW_SENSOR, qos=qos)
+        client.publish("test/marker", "done", qos=1).wait_for_publish(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 @pytest.mark.parametrize(
     "full_for", [0.0, 50.0], ids=["briefly", "past the broker's keep-alive of 45 s"]
 )
@@ -475,9 +493,10 @@ def test_a_full_disk_holds_messages_at_the_broker_and_forwarding_resumes_by_itse
             publish(broker.port, "tele/first/SENSOR", POW_SENSOR)
             wait_until(lambda: events_of(sandbox, "tasmota:first"), 15, "the first event")
             filler = fill(disk)
-            for n in range(20):
-                for qos in (0, 1):
-                    publish(broker.port, f"tele/full{qos}n{n}/SENSOR", POW_SENSOR, qos=qos)
+            publish_all(
+                broker.port,
+                [(f"tele/full{qos}n{n}/SENSOR", qos) for n in range(20) for qos in (0, 1)],
+            )
             wait_until(lambda: get(f"{api}/healthz")[0] == 503, 30, "/healthz to say so")
             body = get(f"{api}/healthz")[1]
             assert body["disk_full_for_s"] is not None
@@ -485,8 +504,7 @@ def test_a_full_disk_holds_messages_at_the_broker_and_forwarding_resumes_by_itse
             # Long enough, the broker gives up on the silent client (1.5 x its keep-alive)
             # and queues for the session; what it sent before is read after.
             time.sleep(full_for)
-            for n in range(20, 25):
-                publish(broker.port, f"tele/full0n{n}/SENSOR", POW_SENSOR, qos=0)
+            publish_all(broker.port, [(f"tele/full0n{n}/SENSOR", 0) for n in range(20, 25)])
             filler.unlink()
 
             def all_arrived() -> bool:
