@@ -722,10 +722,15 @@ class Connector:
             link.closed.set()
 
     def _handshake_done(self, event: HandshakeDone) -> None:
-        if event.gid != self.state.gid:
-            if self.state.gid:
+        if event.gid != self.state.gid or not self.state.gid_saved:
+            if self.state.gid and event.gid != self.state.gid:
                 log.warning("platform handed out a new gateway id %s (was %s)", event.gid, self.gid)
-            self.state.set_gid(event.gid)
+            try:
+                self.state.set_gid(event.gid)
+            except OSError as exc:
+                # A full disk: the id is kept in memory and saved at the next handshake; a
+                # restart before that connects with the old one (one full sync, D5).
+                log.warning("could not save the gateway id %s: %s", event.gid, exc)
         if event.hash_matched:
             log.info(
                 "gateway hash matches: %d devices restored without sync", len(self.state.devices)

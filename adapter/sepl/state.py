@@ -21,6 +21,7 @@ class GatewayState:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self.gid = ""
+        self.gid_saved = True  # False after a write of the gid failed (a full disk)
         self.devices: dict[str, Device] = {}
         if directory is not None:
             self._load(directory)
@@ -61,11 +62,15 @@ class GatewayState:
                 self.devices = {}
 
     def set_gid(self, gid: str) -> None:
-        if gid == self.gid:
+        """Keep the gateway id, and save it (OSError when it cannot be written: it is kept
+        in memory, and the next call saves it)."""
+        if gid == self.gid and self.gid_saved:
             return
         self.gid = gid
         if self.directory is not None:
+            self.gid_saved = False
             write_atomically(self.directory / "gid", gid + "\n")
+            self.gid_saved = True
 
     def set_devices(self, devices: dict[str, Device]) -> None:
         """Replace the device set (in place: a session reads this very dict) and save it."""

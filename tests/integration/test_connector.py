@@ -360,6 +360,30 @@ async def test_restart_with_same_devices_skips_sync_and_changed_set_syncs(
 
 
 @pytest.mark.anyio
+async def test_a_gid_that_cannot_be_saved_costs_a_log_line_not_the_session(
+    fast_sandbox: FastSandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue [14]: on a full disk the gid file cannot be written. Before, the handshake
+    raised and the session ended as "failed unexpectedly", with a traceback, at every
+    try; now it is one line, the session goes on, and the id is saved once it can be."""
+    caplog.set_level(logging.INFO, logger="adapter.sepl")
+    state_dir = tmp_path / "client-state"
+    state_dir.mkdir()
+    (state_dir / "gid").mkdir()  # the atomic rename onto it fails, as a full disk would
+    async with Connector(client_config(fast_sandbox, state_dir)) as connector:
+        await connector.wait_ready(WAIT)
+        gid = connector.gid
+        assert connector.stats.connects == 1
+    assert "could not save the gateway id" in caplog.text
+    assert "failed unexpectedly" not in caplog.text
+    (state_dir / "gid").rmdir()
+    async with Connector(client_config(fast_sandbox, state_dir)) as connector:
+        await connector.wait_ready(WAIT)
+    assert (state_dir / "gid").read_text(encoding="utf-8").strip() == connector.gid
+    assert gid
+
+
+@pytest.mark.anyio
 async def test_new_gid_after_platform_lost_the_gateway_is_persisted(
     make_sandbox: SandboxFactory, tmp_path: Path
 ) -> None:
