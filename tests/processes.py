@@ -70,6 +70,19 @@ class AdapterProcess:
             self.wait_for_log("broker confirmed", 15)
         return self
 
+    def run_once(self, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """`sepl-adapter run` with these settings, expected to stop by itself (at
+        start-up): its exit code and output."""
+        return subprocess.run(
+            [sys.executable, "-m", "adapter", "run", *self.args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 

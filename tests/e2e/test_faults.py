@@ -39,6 +39,22 @@ def get(url: str) -> tuple[int, Any]:
     return status, json.loads(text) if text.startswith(("{", "[")) else text
 
 
+def adapter_at(
+    broker: Broker,
+    sandbox: SandboxProcess,
+    state: Path,
+    log: Path,
+    env: dict[str, str] | None = None,
+) -> AdapterProcess:
+    return AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=state,
+        log_path=log,
+        env=env,
+    )
+
+
 def cli(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "adapter", *argv],
@@ -60,12 +76,8 @@ def test_a_dead_letter_replay_from_the_cli_keeps_the_running_adapters_counts(
     traceback."""
     state, port = tmp_path / "state", free_port()
     api = f"http://127.0.0.1:{port}"
-    adapter = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=state,
-        log_path=tmp_path / "adapter.log",
-        env={"ADAPTER_HTTP": f"127.0.0.1:{port}"},
+    adapter = adapter_at(
+        broker, sandbox, state, tmp_path / "adapter.log", {"ADAPTER_HTTP": f"127.0.0.1:{port}"}
     ).start()
     try:
         for n in range(3):  # not JSON: refused by the rule, kept as dead letters
@@ -164,13 +176,7 @@ def test_a_huge_mapping_at_start_up_and_in_a_hot_reload(
     shutil.copy(REPO / "mappings" / "tasmota.yaml", mappings / "tasmota.yaml")
     huge_mapping(tmp_path / "huge.yaml", 9)  # just over the default 8 MiB
     env = {"MAPPINGS_DIR": str(mappings)}
-    adapter = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=tmp_path / "state",
-        log_path=tmp_path / "adapter.log",
-        env=env,
-    ).start()
+    adapter = adapter_at(broker, sandbox, tmp_path / "state", tmp_path / "adapter.log", env).start()
     try:
         shutil.copy(tmp_path / "huge.yaml", mappings / "huge.yaml")
         adapter.wait_for_log("mapping change not applied", 10)
@@ -179,15 +185,7 @@ def test_a_huge_mapping_at_start_up_and_in_a_hot_reload(
         wait_until(lambda: events_of(sandbox, "tasmota:kitchen"), 15, "an event after it")
     finally:
         assert adapter.stop() == 0
-    again = subprocess.run(
-        [sys.executable, "-m", "adapter", "run"],
-        cwd=REPO,
-        env={**adapter.env, "ADAPTER_STATE_DIR": str(tmp_path / "state2")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    again = adapter_at(broker, sandbox, tmp_path / "state2", tmp_path / "2.log", env).run_once()
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert f"{mappings / 'huge.yaml'}: " in again.stderr
@@ -209,12 +207,7 @@ def damage(path: Path) -> bytes:
 def made_state(broker: Broker, sandbox: SandboxProcess, tmp_path: Path) -> Path:
     """A state directory of a real run (an event forwarded), stopped."""
     state = tmp_path / "state"
-    adapter = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=state,
-        log_path=tmp_path / "first.log",
-    ).start()
+    adapter = adapter_at(broker, sandbox, state, tmp_path / "first.log").start()
     publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)
     wait_until(lambda: events_of(sandbox, "tasmota:kitchen"), 15, "the first event")
     assert adapter.stop() == 0
@@ -228,23 +221,7 @@ def test_a_damaged_outbox_stops_start_up_with_one_line_and_is_kept(
     state = made_state(broker, sandbox, tmp_path)
     outbox = state / "outbox.sqlite3"
     damaged = damage(outbox)
-    env = {
-        **os.environ,
-        "MQTT_HOST": "127.0.0.1",
-        "MQTT_PORT": str(broker.port),
-        "CONNECTOR_URL": sandbox.ws_url,
-        "ADAPTER_STATE_DIR": str(state),
-        "ADAPTER_HTTP": "off",
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "adapter", "run"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = adapter_at(broker, sandbox, state, tmp_path / "second.log").run_once()
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert f"outbox database {outbox} is damaged" in done.stderr
@@ -262,12 +239,7 @@ def test_a_damaged_history_is_moved_aside_and_forwarding_goes_on(
     state = made_state(broker, sandbox, tmp_path)
     history = state / "history.sqlite3"
     damaged = damage(history)
-    adapter = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=state,
-        log_path=tmp_path / "second.log",
-    ).start()
+    adapter = adapter_at(broker, sandbox, state, tmp_path / "second.log").start()
     try:
         publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)
         wait_until(lambda: len(events_of(sandbox, "tasmota:kitchen")) == 2, 15, "an event")
@@ -293,12 +265,7 @@ def test_a_retained_reading_published_while_away_is_forwarded_once(
     state = tmp_path / "state"
 
     def start(name: str) -> AdapterProcess:
-        return AdapterProcess(
-            mqtt_port=broker.port,
-            connector_url=sandbox.ws_url,
-            state_dir=state,
-            log_path=tmp_path / f"{name}.log",
-        ).start()
+        return adapter_at(broker, sandbox, state, tmp_path / f"{name}.log").start()
 
     first = start("first")
     assert first.stop() == 0
@@ -313,12 +280,7 @@ def test_a_retained_reading_published_while_away_is_forwarded_once(
     finally:
         assert second.stop() == 0
     # A new session (as when the broker lost its state) subscribes and gets retained state.
-    fresh = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=tmp_path / "fresh",
-        log_path=tmp_path / "fresh.log",
-    ).start()
+    fresh = adapter_at(broker, sandbox, tmp_path / "fresh", tmp_path / "fresh.log").start()
     try:
         wait_until(lambda: len(events_of(sandbox, "tasmota:away")) == 2, 15, "the retained copy")
     finally:
@@ -350,12 +312,7 @@ def test_an_oversized_payload_is_a_dead_letter_and_the_link_stays_up(
     the process held the payload many times over. Now: dead-lettered unsent (default
     EVENT_MAX_BYTES 1 MiB), never parsed; the next reading arrives on the same session."""
     state = tmp_path / "state"
-    adapter = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=state,
-        log_path=tmp_path / "adapter.log",
-    ).start()
+    adapter = adapter_at(broker, sandbox, state, tmp_path / "adapter.log").start()
     try:
         assert adapter.process is not None
         pid = adapter.process.pid
@@ -390,12 +347,8 @@ def test_an_event_whose_frame_grows_past_the_limit_is_never_sent(
     """A payload under EVENT_MAX_BYTES whose event frame is over it (JSON escapes every
     quote of the data): dead-lettered at the sender, measured exactly."""
     state = tmp_path / "state"
-    adapter = AdapterProcess(
-        mqtt_port=broker.port,
-        connector_url=sandbox.ws_url,
-        state_dir=state,
-        log_path=tmp_path / "adapter.log",
-        env={"EVENT_MAX_BYTES": "64KiB"},
+    adapter = adapter_at(
+        broker, sandbox, state, tmp_path / "adapter.log", {"EVENT_MAX_BYTES": "64KiB"}
     ).start()
     try:
         quoted = '{"ENERGY":{"Power":5},"note":"' + '\\"' * 20_000 + '"}'  # 40 KB
@@ -480,12 +433,12 @@ def test_a_full_disk_holds_messages_at_the_broker_and_forwarding_resumes_by_itse
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     with small_disk(tmp_path / "disk", "6m") as disk:
-        adapter = AdapterProcess(
-            mqtt_port=broker.port,
-            connector_url=sandbox.ws_url,
-            state_dir=disk / "state",
-            log_path=tmp_path / "adapter.log",
-            env={"ADAPTER_HTTP": f"127.0.0.1:{port}"},
+        adapter = adapter_at(
+            broker,
+            sandbox,
+            disk / "state",
+            tmp_path / "adapter.log",
+            {"ADAPTER_HTTP": f"127.0.0.1:{port}"},
         ).start()
         try:
             assert adapter.process is not None
@@ -534,12 +487,9 @@ def test_start_up_on_a_full_disk_waits_for_room_instead_of_exiting(
     with small_disk(tmp_path / "disk", "2m") as disk:
         (disk / "state").mkdir()
         filler = fill(disk)
-        adapter = AdapterProcess(
-            mqtt_port=broker.port,
-            connector_url=sandbox.ws_url,
-            state_dir=disk / "state",
-            log_path=tmp_path / "adapter.log",
-        ).start(wait_subscribed=False)
+        adapter = adapter_at(broker, sandbox, disk / "state", tmp_path / "adapter.log").start(
+            wait_subscribed=False
+        )
         try:
             adapter.wait_for_log("the disk is full", 15)
             time.sleep(3)  # it waits, alive

@@ -28,37 +28,13 @@ def adapter(broker: Broker, sandbox: SandboxProcess, state: Path, log: Path) -> 
     )
 
 
-def run_once(
-    state: Path, broker: Broker, sandbox: SandboxProcess
-) -> subprocess.CompletedProcess[str]:
-    """`sepl-adapter run` that is expected to stop by itself at start-up."""
-    env = {
-        **os.environ,
-        "MQTT_HOST": "127.0.0.1",
-        "MQTT_PORT": str(broker.port),
-        "CONNECTOR_URL": sandbox.ws_url,
-        "ADAPTER_STATE_DIR": str(state),
-        "MAPPINGS_DIR": str(REPO / "mappings"),
-        "ADAPTER_HTTP": "off",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "adapter", "run"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_a_second_adapter_on_the_same_state_dir_stops_with_one_line(
     broker: Broker, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
     first = adapter(broker, sandbox, state, tmp_path / "first.log").start()
     try:
-        second = run_once(state, broker, sandbox)
+        second = adapter(broker, sandbox, state, state.parent / "once.log").run_once()
         assert second.returncode == 2, second.stderr
         assert second.stderr.count("\n") == 1, second.stderr  # one line, no traceback
         assert f"{state} is in use by another sepl-adapter" in second.stderr
@@ -98,7 +74,7 @@ def test_a_broken_client_id_file_stops_start_up_and_is_left_alone(
     state.mkdir()
     path = state / "mqtt-client-id"
     path.write_bytes(content)
-    done = run_once(state, broker, sandbox)
+    done = adapter(broker, sandbox, state, state.parent / "once.log").run_once()
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"{path} {problem}" in done.stderr
