@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from adapter.mapping.eventparts import TextPieces
 from adapter.mapping.renames import physical_device, reading_of
 from adapter.migrations import CorruptDatabase, Migration, SchemaError, open_versioned
 from adapter.sepl.device import Device
@@ -252,6 +253,35 @@ class Outbox:
                 ],
             )
 
+    def add_raw_dead_letter(
+        self, event: NewEvent, text: TextPieces, reason: str, now: float | None = None
+    ) -> None:
+        """A payload too large to be an event, kept as it came (its `event.data` is not
+        used): the text goes into SQLite piece by piece through blob I/O, so neither this
+        process nor SQLite holds another copy of it. The row's data is then a BLOB of the
+        text's UTF-8, which the readers cast back to TEXT."""
+        moment = time.time() if now is None else now
+        with transaction(self.db):
+            row = self.db.execute(
+                "INSERT INTO deadletters (created, device, device_uri, service, data,"
+                " metadata, rule, failed, reason) VALUES (?,?,?,?,zeroblob(?),?,?,?,?)",
+                (
+                    moment,
+                    _device_json(event.device),
+                    event.device.uri,
+                    event.service,
+                    text.length,
+                    event.metadata,
+                    event.rule,
+                    moment,
+                    reason,
+                ),
+            ).lastrowid
+            assert row is not None
+            with self.db.blobopen("deadletters", "data", row) as blob:
+                for piece in text.pieces:
+                    blob.write(piece)
+
     def _drop_oldest(self, count: int, why: str) -> None:
         with transaction(self.db):
             cur = self.db.execute(
@@ -336,7 +366,8 @@ class Outbox:
 
     def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            f"SELECT id, {COLUMNS}, failed, reason FROM deadletters ORDER BY id LIMIT ?",
+            "SELECT id, seq, created, device, device_uri, service, CAST(data AS TEXT),"
+            " metadata, rule, attempts, failed, reason FROM deadletters ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall()
         keys = (
@@ -364,7 +395,7 @@ class Outbox:
         with transaction(self.db):
             cur = self.db.execute(
                 "INSERT INTO outbox (created, device, device_uri, service, data, metadata, rule)"
-                f" SELECT ?, device, device_uri, service, data, metadata, rule"
+                " SELECT ?, device, device_uri, service, CAST(data AS TEXT), metadata, rule"
                 f" FROM deadletters{where} ORDER BY id",
                 (time.time(), *args),  # replayed events count their age from now
             )

@@ -28,7 +28,12 @@ import anyio
 
 from adapter.history import Reading
 from adapter.mapping import AvailabilityChange, MappingSet, PublishPlan, Rejected
-from adapter.mapping.eventparts import event_metadata, millis_timestamp, payload_text
+from adapter.mapping.eventparts import (
+    event_metadata,
+    millis_timestamp,
+    payload_text,
+    payload_text_pieces,
+)
 from adapter.mqtt import Message
 from adapter.outbox import Entry, NewEvent, Outbox
 from adapter.sepl.device import Device
@@ -178,6 +183,7 @@ class Pipeline:
         events: list[NewEvent] = []
         refused: list[tuple[NewEvent, str]] = []
         readings: list[Reading] = []
+        oversized: list[tuple[Message, str]] = []
         discovered = False
         mappings = self.mappings.current
         for message in messages:
@@ -189,7 +195,7 @@ class Pipeline:
                 discovered |= self.mappings.take(message.topic, message.payload)
                 continue
             try:
-                self._take(message, mappings, events, refused, readings)
+                self._take(message, mappings, events, refused, readings, oversized)
             except Exception as exc:
                 if disk_full(exc):
                     raise
@@ -198,20 +204,36 @@ class Pipeline:
                 self.counts["internal_errors"] += 1
                 log.exception("could not process a message on %s", message.topic)
                 refused.append((raw_event(message), f"internal error: {exc!r}"))
-        await self._store(events, refused)
+        await self._store(events, refused, oversized)
         self.ack(messages)
         await self.history.put(readings)
         if discovered:
             await self.mappings.apply_discovery()
 
-    async def _store(self, events: list[NewEvent], refused: list[tuple[NewEvent, str]]) -> None:
+    async def _store(
+        self,
+        events: list[NewEvent],
+        refused: list[tuple[NewEvent, str]],
+        oversized: list[tuple[Message, str]],
+    ) -> None:
         """The slice's events into the outbox, before the broker gets its acknowledgement.
         On a full disk this waits, retrying, and the link reads nothing meanwhile: the
-        broker keeps what it could not deliver (issue [14])."""
+        broker keeps what it could not deliver (issue [14]). What is stored is not stored
+        again by a retry."""
+        entries: list[Entry] | None = None
         while True:
             try:
-                entries = self.outbox.add(events)
+                if entries is None:
+                    entries = self.outbox.add(events)
                 self.outbox.add_dead_letters(refused)
+                refused = []
+                while oversized:
+                    message, reason = oversized[0]
+                    text = payload_text_pieces(message.payload)
+                    # The text is written by the outbox in pieces, not put in the event.
+                    letter = _letter(message, "", text.encoding)
+                    self.outbox.add_raw_dead_letter(letter, text, reason)
+                    oversized.pop(0)
             except sqlite3.Error as exc:
                 if not disk_full(exc):
                     raise
@@ -249,6 +271,7 @@ class Pipeline:
         events: list[NewEvent],
         refused: list[tuple[NewEvent, str]],
         readings: list[Reading],
+        oversized: list[tuple[Message, str]],
     ) -> None:
         counts = self.counts
         counts["received"] += 1
@@ -271,7 +294,7 @@ class Pipeline:
                 f" ({self.event_max_bytes:,})"
             )
             log.warning("message on %s kept as a dead letter: %s", message.topic[:200], reason)
-            refused.append((raw_event(message), reason))
+            oversized.append((message, reason))
             return
         outcome = mappings.map(message.topic, message.payload, message.received)
         if outcome is None:
@@ -341,6 +364,10 @@ class Pipeline:
 def raw_event(message: Message) -> NewEvent:
     """A message kept as it came, for the dead letters."""
     data, encoding = payload_text(message.payload)
+    return _letter(message, data, encoding)
+
+
+def _letter(message: Message, data: str, encoding: str | None) -> NewEvent:
     metadata = event_metadata(
         time=message.received, topic=message.topic, readings={}, primary=None, encoding=encoding
     )

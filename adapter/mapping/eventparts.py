@@ -7,10 +7,11 @@ format the platform's answers use (D9). Pure.
 from __future__ import annotations
 
 import base64
+import codecs
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,6 +61,44 @@ def payload_text(payload: bytes) -> tuple[str, str | None]:
         return payload.decode("utf-8"), None
     except UnicodeDecodeError:
         return base64.b64encode(payload).decode("ascii"), "base64"
+
+
+class TextPieces(NamedTuple):
+    """`payload_text` of a payload too large to copy whole: the text's UTF-8 length, its
+    encoding, and the text as UTF-8 pieces of at most about `PIECE` bytes each."""
+
+    length: int
+    encoding: str | None
+    pieces: Iterator[bytes | memoryview]
+
+
+PIECE = 3 << 20  # a multiple of 3: base64 of consecutive pieces is base64 of the whole
+
+
+def payload_text_pieces(payload: bytes) -> TextPieces:
+    """What `payload_text` gives, read in pieces: the payload is never decoded or encoded
+    whole, so a payload of hundreds of MB costs a few MB more, not its size again."""
+    view = memoryview(payload)
+    if _is_utf8(view):  # the text is the payload's own bytes
+        return TextPieces(
+            len(view), None, (view[at : at + PIECE] for at in range(0, len(view), PIECE))
+        )
+    return TextPieces(
+        -(-len(view) // 3) * 4,
+        "base64",
+        (base64.b64encode(view[at : at + PIECE]) for at in range(0, len(view), PIECE)),
+    )
+
+
+def _is_utf8(view: memoryview) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for at in range(0, len(view), PIECE):
+            decoder.decode(view[at : at + PIECE])  # the text made is dropped at once
+        decoder.decode(b"", final=True)  # a sequence cut off at the end
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def event_metadata(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+from adapter.mapping.eventparts import payload_text_pieces
 from adapter.outbox import NewEvent, Outbox
 from adapter.sepl.device import Device
 
@@ -43,3 +45,19 @@ def test_a_device_read_back_is_shared_between_rows(tmp_path: Path) -> None:
     outbox.add([event(n) for n in range(3)])
     devices = {id(e.device) for e in Outbox(tmp_path / "outbox.sqlite3").after(0, 10)}
     assert len(devices) == 1
+
+
+def test_a_payload_kept_in_pieces_reads_back_as_text(tmp_path: Path) -> None:
+    """A payload too large to send is written through blob I/O; listing and replay give
+    the text, as for any other dead letter."""
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    payload = "Größe ".encode() * 2_000_000
+    outbox.add_raw_dead_letter(event(0), payload_text_pieces(payload), "too large")
+    binary = b"\xff" * 100_001
+    outbox.add_raw_dead_letter(event(1), payload_text_pieces(binary), "too large")
+    first, second = outbox.dead_letters()
+    assert first["data"] == payload.decode()
+    assert (second["data"], second["reason"]) == (base64.b64encode(binary).decode(), "too large")
+    assert outbox.replay([first["id"]]) == 1
+    (entry,) = outbox.after(0, 10)
+    assert entry.data == payload.decode()

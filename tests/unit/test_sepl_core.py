@@ -30,7 +30,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapter.mapping.eventparts import event_metadata, format_time, payload_text
+from adapter.mapping.eventparts import (
+    PIECE,
+    event_metadata,
+    format_time,
+    payload_text,
+    payload_text_pieces,
+)
 from adapter.sandbox.store import SandboxStore
 from adapter.sepl import envelope
 from adapter.sepl.backoff import Backoff
@@ -920,6 +926,28 @@ def test_payload_text(payload: bytes, expected: tuple[str, str | None]) -> None:
     text, encoding = payload_text(payload)
     if encoding == "base64":
         assert base64.b64decode(text) == payload
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"x" * PIECE,
+        b"x" * (PIECE - 1) + "é".encode(),  # a character across two pieces
+        "€".encode() * (PIECE // 3 + 5),
+        b"x" * (2 * PIECE + 7),
+        b"x" * (PIECE + 3) + b"\xc3",  # cut off in its last character: not UTF-8
+        b"\xff" + b"x" * (PIECE + 1),
+        bytes(range(256)) * (PIECE // 128),
+    ],
+    ids=lambda payload: f"{len(payload)}:{payload[-2:]!r}",
+)
+def test_payload_text_in_pieces_is_payload_text(payload: bytes) -> None:
+    text, encoding = payload_text(payload)
+    pieces = payload_text_pieces(payload)
+    written = b"".join(bytes(piece) for piece in pieces.pieces)
+    assert (written.decode(), pieces.encoding) == (text, encoding)
+    assert pieces.length == len(written)
 
 
 def test_event_payload_order_and_types() -> None:
