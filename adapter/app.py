@@ -50,12 +50,12 @@ GC_YOUNG_THRESHOLD = 5_000
 SHUTDOWN_GRACE = 5.0
 
 
-def setup_logging(level: str, fmt: str | None = None) -> None:
+def setup_logging(level: str, fmt: str | None = None, instance: str = "") -> None:
     # stderr, text or JSON lines (LOGFORMAT), no colour off a terminal, websockets capped
     # at INFO (D3): see adapter/logs.py. `fmt` None = the LOGFORMAT environment variable.
     from adapter import logs
 
-    logs.setup(level, fmt)
+    logs.setup(level, fmt, instance=instance)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     except config.SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.loglevel, settings.logformat)
+    setup_logging(settings.loglevel, settings.logformat, settings.adapter_instance)
     if settings.mqtt_tls and settings.mqtt_tls_insecure:
         log.warning("MQTT_TLS_INSECURE is set: the broker's certificate is not checked")
     if settings.connector_tls_insecure:
@@ -126,7 +126,8 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
     client_id = settings.mqtt_client_id
     if not client_id:
         client_id = await _when_disk_has_room(
-            "the MQTT client id", lambda: statedir.client_id(state_dir)
+            "the MQTT client id",
+            lambda: statedir.client_id(state_dir, settings.adapter_instance),
         )
     discovery = None
     if any(
@@ -151,7 +152,11 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
         discovery,
         settings.mappings_max_bytes,
     )
-    mqtt = MqttLink(settings, client_id, live.filters(), state_dir=state_dir)
+
+    def wanted_filters() -> list[str]:
+        return live.filters(settings.mqtt_topic_prefix, settings.mqtt_shared_group)
+
+    mqtt = MqttLink(settings, client_id, wanted_filters(), state_dir=state_dir)
     outbox = await _when_disk_has_room(
         "the outbox",
         lambda: Outbox(
@@ -211,7 +216,7 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
             )
 
             async def mappings_changed(new: MappingSet, removed: Sequence[str]) -> None:
-                mqtt.set_filters(live.filters())
+                mqtt.set_filters(wanted_filters())
                 await release_devices(connector, new, removed)
 
             live.on_change = mappings_changed

@@ -126,6 +126,9 @@ class Settings:
     mappings_max_bytes: int = 8 * 2**20
     event_max_bytes: int = 2**20
     history_max_bytes: int = 2 * 10**9
+    adapter_instance: str = ""
+    mqtt_topic_prefix: str = ""
+    mqtt_shared_group: str = ""
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -267,6 +270,38 @@ def _host_names(text: str) -> tuple[str, ...]:
         if any(c.isspace() or c in "/@" for c in name):
             raise ValueError("expected host names separated by commas, such as nas.local")
     return names
+
+
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _instance(text: str) -> str:
+    """A name for a topic level and a client id: NATS refuses dots and spaces in MQTT
+    topics, and a `/` would add a level."""
+    value = text.strip()
+    if value and not _INSTANCE_NAME.fullmatch(value):
+        raise ValueError("expected up to 64 letters, digits, - or _, such as meters-1")
+    return value
+
+
+def _topic_prefix(text: str) -> str:
+    """Topic levels put before every device filter (`part/0` or `part/0/`: kept with its
+    trailing `/`)."""
+    value = text.strip()
+    if not value:
+        return ""
+    if any(c in value for c in "+#\0") or value.startswith(("$", "/")) or "//" in value:
+        raise ValueError(
+            "expected topic levels without wildcards, not starting with $ or /, such as part/0/"
+        )
+    return value if value.endswith("/") else value + "/"
+
+
+def _share_group(text: str) -> str:
+    value = text.strip()
+    if any(c in "/+#\0" or c.isspace() for c in value):
+        raise ValueError("expected a group name without /, +, # or spaces, such as sepl")
+    return value
 
 
 def _registration_path(text: str) -> str:
@@ -508,6 +543,28 @@ SPECS: tuple[_Spec, ...] = (
         "NAMES",
     ),
     _Spec("MAPPINGS_MAX_BYTES", parse_size, "8MiB", "size limit of one mapping file", "SIZE"),
+    # Added with issue [15] (configuration.md, "Added for issues [14] and [15]").
+    _Spec(
+        "ADAPTER_INSTANCE",
+        _instance,
+        "",
+        "instance name of a fleet: the status topic, the logs, a new client id",
+        "NAME",
+    ),
+    _Spec(
+        "MQTT_TOPIC_PREFIX",
+        _topic_prefix,
+        "",
+        "prefix of every device subscription filter, stripped from received topics",
+        "PREFIX",
+    ),
+    _Spec(
+        "MQTT_SHARED_GROUP",
+        _share_group,
+        "",
+        "subscribe every device filter as $share/<group>/<filter>",
+        "GROUP",
+    ),
 )
 BY_ENV = {spec.env: spec for spec in SPECS}
 _GROUPS = {spec.env.split("_")[0].lower() for spec in SPECS}
@@ -662,6 +719,9 @@ def load(
         values["mqtt_port"] = 8883 if values["mqtt_tls"] else 1883
     if values["adapter_state_dir"] is None:
         values["adapter_state_dir"] = _state_dir_default(environ)
+    if values["adapter_instance"] and "MQTT_STATUS_TOPIC" not in raw:
+        values["mqtt_status_topic"] = f"sepl-adapter/{values['adapter_instance']}/status"
+        sources["MQTT_STATUS_TOPIC"] = "ADAPTER_INSTANCE"
 
     # A secret's file wins over the secret itself, whichever layer each came from.
     for spec in SPECS:

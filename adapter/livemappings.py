@@ -21,7 +21,7 @@ from adapter.mapping import (
     load_directory,
 )
 from adapter.status import MappingsStatus
-from adapter.topic import TopicPattern
+from adapter.topic import TopicPattern, subscriptions
 
 log = logging.getLogger("adapter")
 
@@ -60,16 +60,16 @@ class LiveMappings:
             return self.hand_written
         return self.discovery.merged(self.hand_written)
 
-    def filters(self) -> list[str]:
-        """Every subscription the set needs: its rules' topics, command reply topics and
-        the discovery topics."""
-        filters = set(self.current.filters)
+    def filters(self, prefix: str = "", group: str = "") -> list[str]:
+        """Every subscription the set needs: its rules' topics and command reply topics
+        (device topics: behind a fleet's partition `prefix`, in its shared `group`) and the
+        discovery topics."""
+        device = set(self.current.filters)
         for command in self.current.commands:
             if command.reply is not None:
-                filters.add(TopicPattern.compile(command.reply.topic).mqtt_filter)
-        if self.discovery is not None:
-            filters.update(self.discovery.filters())
-        return sorted(filters)
+                device.add(TopicPattern.compile(command.reply.topic).mqtt_filter)
+        discovery = self.discovery.filters() if self.discovery is not None else []
+        return subscriptions(device, discovery, prefix, group)
 
     # --- discovery (the pipeline hands over its messages) --------------------------------
 

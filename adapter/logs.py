@@ -3,11 +3,13 @@
 Always stderr, one record a line (a traceback continues on the following lines), in one of
 two forms (`LOGFORMAT`):
 
-- `text` (default): `2026-11-23 21:52:00,123 INFO adapter: message`. The level is
+- `text` (default): `2026-11-23 21:52:00,123 INFO adapter: message`, with the instance
+  name of a fleet (`ADAPTER_INSTANCE`) in brackets before the logger. The level is
   coloured only when stderr is a terminal (and `NO_COLOR` is unset, `TERM` not `dumb`);
   piped into a file, journald or `docker logs`, the lines carry no escape sequences.
-- `json`: one JSON object a line, `{"time", "level", "logger", "message"}` and, when the
-  record carries one, `"exception"` (the formatted traceback) and `"stack"`.
+- `json`: one JSON object a line, `{"time", "level", "logger", "message"}`, `"instance"`
+  when one is set, and, when the record carries one, `"exception"` (the formatted
+  traceback) and `"stack"`.
 
 Under systemd with stderr connected to the journal (`JOURNAL_STREAM` names stderr's device
 and inode), every line starts with the syslog priority, `<3>` … `<7>` (sd-daemon(3)):
@@ -66,8 +68,11 @@ def _prefixed(text: str, levelno: int) -> str:
 class TextFormatter(logging.Formatter):
     """The classic text line; colour only on a terminal, a priority prefix in the journal."""
 
-    def __init__(self, *, colour: bool = False, journal: bool = False) -> None:
-        super().__init__(JOURNAL_TEXT_FORMAT if journal else TEXT_FORMAT)
+    def __init__(self, *, colour: bool = False, journal: bool = False, instance: str = "") -> None:
+        layout = JOURNAL_TEXT_FORMAT if journal else TEXT_FORMAT
+        if instance:  # letters, digits, - and _ only (adapter.config): no % to escape
+            layout = layout.replace("%(name)s", f"[{instance}] %(name)s")
+        super().__init__(layout)
         self.colour = colour
         self.journal = journal
 
@@ -92,9 +97,10 @@ class JsonFormatter(logging.Formatter):
     and exception/stack when the record has them. Newlines inside stay escaped, so a
     traceback never splits the line."""
 
-    def __init__(self, *, journal: bool = False) -> None:
+    def __init__(self, *, journal: bool = False, instance: str = "") -> None:
         super().__init__()
         self.journal = journal
+        self.instance = instance
 
     def format(self, record: logging.LogRecord) -> str:
         moment = datetime.fromtimestamp(record.created, UTC)
@@ -104,6 +110,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.instance:
+            document["instance"] = self.instance
         if record.exc_info and not record.exc_text:
             # Cached like logging.Formatter does, for other handlers of the same record.
             record.exc_text = self.formatException(record.exc_info)
@@ -139,19 +147,22 @@ def _wants_colour(stream: TextIO, environ: dict[str, str]) -> bool:
 
 
 def formatter_for(
-    fmt: str, stream: TextIO, environ: dict[str, str] | None = None
+    fmt: str, stream: TextIO, environ: dict[str, str] | None = None, instance: str = ""
 ) -> logging.Formatter:
     """The formatter for `fmt` ("text" or "json") writing to `stream`."""
     env = dict(os.environ) if environ is None else environ
     journal = journal_stream(stream, env)
     if fmt == "json":
-        return JsonFormatter(journal=journal)
+        return JsonFormatter(journal=journal, instance=instance)
     if fmt != "text":
         raise ValueError(f"unknown log format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    return TextFormatter(colour=not journal and _wants_colour(stream, env), journal=journal)
+    colour = not journal and _wants_colour(stream, env)
+    return TextFormatter(colour=colour, journal=journal, instance=instance)
 
 
-def setup(level: str, fmt: str | None = None, stream: TextIO | None = None) -> None:
+def setup(
+    level: str, fmt: str | None = None, stream: TextIO | None = None, instance: str = ""
+) -> None:
     """Configure the root logger once, like `logging.basicConfig` (nothing changes when it
     already has handlers, e.g. under pytest). `fmt` None means the LOGFORMAT environment
     variable (validated by adapter.config before this runs), else text."""
@@ -161,7 +172,7 @@ def setup(level: str, fmt: str | None = None, stream: TextIO | None = None) -> N
             fmt = "text"
     target = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(target)
-    handler.setFormatter(formatter_for(fmt, target))
+    handler.setFormatter(formatter_for(fmt, target, instance=instance))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     # The websockets debug log prints whole frames, the credentials frame among them (D3).
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))

@@ -38,6 +38,7 @@ from adapter.sepl.client import (
 )
 from adapter.statefile import write_atomically
 from adapter.status import MqttStatus
+from adapter.topic import strip_prefix
 
 log = logging.getLogger("adapter.mqtt")
 
@@ -143,6 +144,9 @@ class MqttLink:
         self._held = False  # keep-alive held (see `hold`)
         self._awaiting_connack = False  # connected, CONNECT written, no CONNACK yet
         self._read_error = ""  # what paho logged as an error meanwhile
+        self._prefix = settings.mqtt_topic_prefix  # a fleet's partition (issue [15])
+        self._refused: dict[str, float] = {}  # subscriptions the broker refused: retry delay
+        self._retry_at = 0.0
         self._client = self._make_client()
 
     def status(self) -> MqttStatus:
@@ -252,8 +256,22 @@ class MqttLink:
     ) -> None:
         filters = self._pending.pop(mid, [])
         refused = [f for f, rc in zip(filters, reason_codes, strict=False) if rc.is_failure]
+        for topic_filter in filters:
+            if topic_filter not in refused and self._refused.pop(topic_filter, 0.0):
+                log.warning("broker accepted the subscription to %s on a retry", topic_filter)
+        # A refusal can be passing (a NATS cluster that just lost a node answers 0x80 until
+        # its streams have a leader again): the filter is asked for again, ever later, and
+        # is not counted as held by the session meanwhile.
         for topic_filter in refused:
-            log.error("broker refused the subscription to %s", topic_filter)
+            delay = min(RECONNECT_MAX, 2 * self._refused.get(topic_filter, RECONNECT_MIN / 2))
+            self._refused[topic_filter] = delay
+            log.error(
+                "broker refused the subscription to %s; asking again in %g s", topic_filter, delay
+            )
+        if refused:
+            self._retry_at = time.monotonic() + min(self._refused[f] for f in refused)
+            self._subscribed -= set(refused)
+            self._save_subscribed()
         log.info("broker confirmed %d subscriptions", len(reason_codes) - len(refused))
 
     def _on_disconnect(
@@ -297,6 +315,8 @@ class MqttLink:
             self.undecodable += 1
             log.warning("dropping a message whose topic is not valid UTF-8")
             topic = ""
+        if self._prefix:
+            topic = strip_prefix(topic, self._prefix)
         self._batch.append(
             Message(topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC), msg.mid)
         )
@@ -325,6 +345,7 @@ class MqttLink:
         added = [f for f in new if f not in self._subscribed]
         removed = self._subscribed - set(new)
         self.filters = new
+        self._refused = {f: delay for f, delay in self._refused.items() if f in new}
         if self.connected:
             self._subscribe(added, removed)
 
@@ -459,6 +480,9 @@ class MqttLink:
             await anyio.sleep(MISC_INTERVAL)
             if not self._held:
                 self._client.loop_misc()
+            if self._refused and self.connected and time.monotonic() >= self._retry_at:
+                self._retry_at = time.monotonic() + RECONNECT_MAX  # until the SUBACK says
+                self._subscribe([f for f in self.filters if f in self._refused], set())
 
     async def _stop(self) -> None:
         """The retained `offline` and a DISCONNECT, written within STOP_GRACE."""

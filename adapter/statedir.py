@@ -65,15 +65,18 @@ def locked(state_dir: Path) -> Iterator[None]:
         yield
 
 
-def client_id(state_dir: Path) -> str:
-    """The MQTT client id kept in the state directory: created once (`sepl-adapter-<8 hex>`)
-    when the file does not exist. An empty or unreadable file is an error, never a reason
-    to make a new id: the broker keeps the QoS 1 messages of the old session for it."""
+def client_id(state_dir: Path, instance: str = "") -> str:
+    """The MQTT client id kept in the state directory: created once (`sepl-adapter-<8 hex>`,
+    `sepl-adapter-<instance>-<8 hex>` for an instance of a fleet) when the file does not
+    exist; an id already kept stays whatever the instance is now called. An empty or
+    unreadable file is an error, never a reason to make a new id: the broker keeps the
+    QoS 1 messages of the old session for it."""
     path = state_dir / CLIENT_ID_FILE
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        new = f"sepl-adapter-{secrets.token_hex(4)}"
+        named = f"{instance}-" if instance else ""
+        new = f"sepl-adapter-{named}{secrets.token_hex(4)}"
         write_atomically(path, new + "\n")
         return new
     except OSError as exc:

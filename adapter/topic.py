@@ -10,6 +10,7 @@ topics.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.\.\.)?\}")
@@ -64,6 +65,24 @@ def filter_matches(topic_filter: str, topic: str) -> bool:
         if level != "+" and level != t_levels[index]:
             return False
     return len(f_levels) == len(t_levels)
+
+
+def subscriptions(
+    device: Iterable[str], discovery: Iterable[str], prefix: str = "", group: str = ""
+) -> list[str]:
+    """The filters an instance subscribes to (issue [15]): device filters behind the
+    partition prefix (`MQTT_TOPIC_PREFIX`, `part/0/`) and in the shared group
+    (`MQTT_SHARED_GROUP`: `$share/<group>/<filter>`); discovery filters as they are, since
+    they are keyed by MAC, node or bridge and every instance reads all of them."""
+    shared = f"$share/{group}/" if group else ""
+    wanted = {shared + prefix + topic_filter for topic_filter in device}
+    wanted.update(discovery)
+    return sorted(wanted)
+
+
+def strip_prefix(topic: str, prefix: str) -> str:
+    """A received topic as its device published it: without the partition prefix."""
+    return topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
 
 
 @dataclass(frozen=True)

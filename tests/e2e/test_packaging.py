@@ -221,6 +221,16 @@ def test_json_lines_carry_time_level_logger_message_and_exception() -> None:
     assert "ValueError: broken\nacross lines" in document["exception"]
 
 
+def test_an_instance_of_a_fleet_is_named_in_every_line() -> None:
+    text = logs.formatter_for("text", io.StringIO(), {}, instance="meters-1")
+    assert text.format(record()).endswith(" WARNING [meters-1] adapter.outbox: outbox 3")
+    document = json.loads(
+        logs.formatter_for("json", io.StringIO(), {}, instance="m").format(record())
+    )
+    assert document["instance"] == "m"
+    assert "[" not in logs.formatter_for("text", io.StringIO(), {}).format(record())
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True

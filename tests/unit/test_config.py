@@ -75,6 +75,9 @@ CONFIGURATION_NAMES = [
     "HISTORY_MAX_BYTES",
     "ADAPTER_HTTP_HOSTS",
     "MAPPINGS_MAX_BYTES",
+    "ADAPTER_INSTANCE",  # [15]: after [14]'s, in the order they were added
+    "MQTT_TOPIC_PREFIX",
+    "MQTT_SHARED_GROUP",
 ]
 
 
@@ -147,6 +150,9 @@ DEFAULTS: list[tuple[str, Any]] = [
     ("mappings_max_bytes", 8 * 2**20),
     ("event_max_bytes", 2**20),
     ("history_max_bytes", 2 * 10**9),
+    ("adapter_instance", ""),
+    ("mqtt_topic_prefix", ""),
+    ("mqtt_shared_group", ""),
 ]
 
 
@@ -883,3 +889,44 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="expected a size"):
         config.parse_size(text)
+
+
+# --- a fleet's instance (issue [15])
+
+
+def test_an_instance_names_its_status_topic_unless_one_is_given() -> None:
+    named = config.load(None, {**HOME, "ADAPTER_INSTANCE": "meters-1"})
+    assert named.mqtt_status_topic == "sepl-adapter/meters-1/status"
+    assert named.sources["MQTT_STATUS_TOPIC"] == "ADAPTER_INSTANCE"
+    given = {**HOME, "ADAPTER_INSTANCE": "meters-1", "MQTT_STATUS_TOPIC": "site/a/status"}
+    assert config.load(None, given).mqtt_status_topic == "site/a/status"
+    assert config.load(None, HOME).mqtt_status_topic == "sepl-adapter/status"
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("part/0/", "part/0/"), ("part/0", "part/0/"), (" p ", "p/")]
+)
+def test_a_topic_prefix_ends_with_a_level_separator(given: str, expected: str) -> None:
+    settings = config.load(None, {**HOME, "MQTT_TOPIC_PREFIX": given})
+    assert settings.mqtt_topic_prefix == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ADAPTER_INSTANCE", "a.b"),  # NATS refuses dots in MQTT topics
+        ("ADAPTER_INSTANCE", "a b"),
+        ("ADAPTER_INSTANCE", "a/b"),
+        ("ADAPTER_INSTANCE", "x" * 65),
+        ("MQTT_TOPIC_PREFIX", "part/+/"),
+        ("MQTT_TOPIC_PREFIX", "part/#"),
+        ("MQTT_TOPIC_PREFIX", "$share/g/"),
+        ("MQTT_TOPIC_PREFIX", "/part"),
+        ("MQTT_TOPIC_PREFIX", "part//0"),
+        ("MQTT_SHARED_GROUP", "a/b"),
+        ("MQTT_SHARED_GROUP", "a+"),
+        ("MQTT_SHARED_GROUP", "a b"),
+    ],
+)
+def test_fleet_settings_refuse_what_would_break_a_topic(name: str, value: str) -> None:
+    assert error_of(None, {name: value}).startswith(f"{name}={value!r} is not valid")

@@ -34,6 +34,15 @@ def test_a_client_id_is_made_once(tmp_path: Path) -> None:
     assert client_id(tmp_path) == "kept-id"
 
 
+def test_a_new_client_id_names_the_instance_and_a_kept_one_stays(tmp_path: Path) -> None:
+    made = client_id(tmp_path, "meters-1")
+    assert (
+        made.startswith("sepl-adapter-meters-1-") and len(made) == len("sepl-adapter-meters-1-") + 8
+    )
+    assert client_id(tmp_path, "renamed") == made  # the broker's session is kept
+    assert client_id(tmp_path) == made
+
+
 @pytest.mark.parametrize("content", [b"", b"\n", b"\x80", b"two\nlines", b"tab\there"])
 def test_a_broken_client_id_file_is_an_error_naming_it(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "mqtt-client-id"

@@ -21,6 +21,8 @@ from adapter.topic import (
     filter_matches,
     placeholders,
     render_template,
+    strip_prefix,
+    subscriptions,
     template_regex,
     validate_filter,
     validate_topic_name,
@@ -331,3 +333,56 @@ def test_the_simple_pattern_path_compiles_what_the_general_one_does(levels: list
         return
     pattern = TopicPattern.compile(text)
     assert pattern == expected
+
+
+# --- a fleet's subscriptions (issue [15])
+
+DEVICE = ["stat/+/RESULT", "tele/+/SENSOR", "zigbee2mqtt/#"]
+DISCOVERY = ["homeassistant/#", "tasmota/discovery/#", "zigbee2mqtt/bridge/devices"]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "group", "device"),
+    [
+        ("", "", DEVICE),
+        ("part/0/", "", ["part/0/stat/+/RESULT", "part/0/tele/+/SENSOR", "part/0/zigbee2mqtt/#"]),
+        (
+            "",
+            "sepl",
+            ["$share/sepl/stat/+/RESULT", "$share/sepl/tele/+/SENSOR", "$share/sepl/zigbee2mqtt/#"],
+        ),
+        (
+            "p/1/",
+            "g",
+            [
+                "$share/g/p/1/stat/+/RESULT",
+                "$share/g/p/1/tele/+/SENSOR",
+                "$share/g/p/1/zigbee2mqtt/#",
+            ],
+        ),
+    ],
+)
+def test_device_filters_are_partitioned_and_discovery_filters_are_not(
+    prefix: str, group: str, device: list[str]
+) -> None:
+    wanted = subscriptions(DEVICE, DISCOVERY, prefix, group)
+    assert wanted == sorted(set(device) | set(DISCOVERY))
+    for topic_filter in wanted:
+        validate_filter(topic_filter)
+
+
+def test_the_prefix_is_stripped_from_received_topics_only() -> None:
+    assert strip_prefix("part/0/tele/plug/SENSOR", "part/0/") == "tele/plug/SENSOR"
+    assert (
+        strip_prefix("homeassistant/sensor/x/config", "part/0/") == "homeassistant/sensor/x/config"
+    )
+    assert strip_prefix("part/01/tele/plug/SENSOR", "part/0/") == "part/01/tele/plug/SENSOR"
+    assert strip_prefix("tele/plug/SENSOR", "") == "tele/plug/SENSOR"
+
+
+@given(st.lists(st.sampled_from(["a", "b", "+", "x y", "é"]), min_size=1, max_size=4))
+def test_a_prefixed_filter_matches_exactly_the_prefixed_topics(levels: list[str]) -> None:
+    topic_filter = "/".join(levels)
+    topic = "/".join("any" if level == "+" else level for level in levels)
+    assert filter_matches("part/0/" + topic_filter, "part/0/" + topic)
+    assert filter_matches(topic_filter, strip_prefix("part/0/" + topic, "part/0/"))
