@@ -254,9 +254,10 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
                 shown = ", ".join(mqtt.filters[:10]) or "-"
                 more = f" and {len(mqtt.filters) - 10} more" if len(mqtt.filters) > 10 else ""
                 log.info(
-                    "adapter running: %d rules, %d command rules, subscribed to %s%s",
+                    "adapter running: %d rules, %d command rules,%s subscribed to %s%s",
                     len(live.current.rules),
                     len(live.current.commands),
+                    partition_words(settings),
                     shown,
                     more,
                 )
@@ -288,6 +289,16 @@ async def _when_disk_has_room(what: str, open_file: Callable[[], T]) -> T:
                 logged = now
                 log.warning("cannot open %s: the disk is full (%s); waiting for room", what, exc)
             await anyio.sleep(DISK_RETRY)
+
+
+def partition_words(settings: Settings) -> str:
+    """How a fleet's instance reads device topics, for the start-up line."""
+    words = []
+    if settings.mqtt_topic_prefix:
+        words.append(f"device topics under {settings.mqtt_topic_prefix}")
+    if settings.mqtt_shared_group:
+        words.append(f"in shared group {settings.mqtt_shared_group}")
+    return f" {' '.join(words)}," if words else ""
 
 
 def open_history(path: Path, retention: float) -> HistoryStore:

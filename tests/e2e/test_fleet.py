@@ -1,0 +1,149 @@
+"""Several adapter instances on one broker, each owning the devices of its partition
+(issue [15]), with real processes: Mosquitto, the sandbox platform and two adapters.
+
+Mosquitto cannot partition topics itself: the tests publish to `part/<k>/…` as a broker's
+partition mapping would (the NATS cluster of docs/fleet.md does it for real, see
+tests/e2e/test_nats_fleet.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sepl_dev.broker import Broker
+from sepl_dev.stack import SandboxProcess
+from tests.peers import POW_SENSOR, FakeTasmota, events_of, http_json, publish
+from tests.processes import AdapterProcess, wait_until
+
+
+def instance(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path, name: str, env: dict[str, str]
+) -> AdapterProcess:
+    return AdapterProcess(
+        mqtt_port=broker.port,
+        connector_url=sandbox.ws_url,
+        state_dir=tmp_path / f"state-{name}",
+        log_path=tmp_path / f"{name}.log",
+        env={"ADAPTER_INSTANCE": name, **env},
+    )
+
+
+@pytest.fixture
+def fleet(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> Iterator[tuple[AdapterProcess, AdapterProcess]]:
+    first = instance(broker, sandbox, tmp_path, "p0", {"MQTT_TOPIC_PREFIX": "part/0/"})
+    second = instance(broker, sandbox, tmp_path, "p1", {"MQTT_TOPIC_PREFIX": "part/1"})
+    try:
+        yield first.start(), second.start()
+    finally:
+        first.stop()
+        second.stop()
+
+
+class Retained:
+    """What the broker holds retained under a filter, read by a fresh subscriber."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        self.seen: dict[str, str] = {}
+        self._done = threading.Event()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet-retained")
+        client.on_message = self._on_message
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.subscribe(topic_filter, qos=1)
+        client.publish("test/fleet-probe", "x", qos=1).wait_for_publish(timeout=5)
+        client.disconnect()
+        client.loop_stop()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain:
+            self.seen[msg.topic] = msg.payload.decode()
+
+
+def attached_by_gateway(sandbox: SandboxProcess) -> dict[str, list[str]]:
+    sessions = http_json(f"{sandbox.url}/sessions")["open"]
+    return {s["gateway"]: s["attached"] for s in sessions}
+
+
+def test_each_instance_forwards_its_partition_and_owns_its_devices(
+    broker: Broker, sandbox: SandboxProcess, fleet: tuple[AdapterProcess, AdapterProcess]
+) -> None:
+    first, second = fleet
+    devices = {0: [f"even{n}" for n in range(5)], 1: [f"odd{n}" for n in range(5)]}
+    for partition, names in devices.items():
+        for name in names:
+            publish(broker.port, f"part/{partition}/tele/{name}/SENSOR", POW_SENSOR)
+    for name in devices[0] + devices[1]:
+        wait_until(lambda name=name: events_of(sandbox, f"tasmota:{name}"), 15, name)
+
+    # The URI and the topic in the metadata are the device's own, without the partition.
+    (event,) = events_of(sandbox, "tasmota:even0")
+    assert json.loads(event["parts"]["metadata"])["topic"] == "tele/even0/SENSOR"
+    # Each device attached by exactly one gateway: the one of its partition.
+    attached = sorted(attached_by_gateway(sandbox).values())
+    assert attached == sorted(sorted(f"tasmota:{n}" for n in names) for names in devices.values())
+
+    # Each instance has its status topic, client id and log lines of its own.
+    status = Retained(broker.port, "sepl-adapter/#").seen
+    assert status == {"sepl-adapter/p0/status": "online", "sepl-adapter/p1/status": "online"}
+    for process, name in ((first, "p0"), (second, "p1")):
+        log = process.log_text()
+        assert re.search(rf"connected to \S+ as sepl-adapter-{name}-[0-9a-f]{{8}}\n", log)
+        assert f"INFO [{name}] adapter" in log
+        assert f"device topics under part/{name[1]}/, subscribed to" in log
+
+    # A command goes to the owner, is published unprefixed, and its reply comes back through
+    # the owner's partition.
+    plug = FakeTasmota(broker.port, "odd3")
+    replies = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet-partitioner")
+
+    def partition(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # What a partitioning broker does: the device's reply also under part/1/.
+        client.publish(f"part/1/{msg.topic}", msg.payload, qos=1)
+
+    replies.on_message = partition
+    replies.connect("127.0.0.1", broker.port)
+    replies.subscribe("stat/odd3/#", qos=1)
+    replies.loop_start()
+    try:
+        answer = http_json(f"{sandbox.url}/commands", {"device": "tasmota:odd3", "service": "off"})
+    finally:
+        plug.close()
+        replies.disconnect()
+        replies.loop_stop()
+    assert plug.commands == [("cmnd/odd3/POWER", b"OFF")]
+    parts = {p["name"]: p["value"] for p in answer["response"]["protocol_parts"]}
+    assert json.loads(parts["data"]) == {"POWER": "OFF"}
+    assert "tasmota:odd3" not in first.log_text()
+
+
+def test_a_shared_group_splits_the_messages_between_the_instances(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Mosquitto deals `$share` messages round-robin: every message reaches one instance,
+    never both (which is why the README keeps it to brokers that hash by client id)."""
+    group = {"MQTT_SHARED_GROUP": "sepl"}
+    first = instance(broker, sandbox, tmp_path, "s0", group).start()
+    second = instance(broker, sandbox, tmp_path, "s1", group).start()
+    try:
+        for n in range(20):
+            publish(broker.port, f"tele/shared{n}/SENSOR", POW_SENSOR)
+        for n in range(20):
+            wait_until(lambda n=n: events_of(sandbox, f"tasmota:shared{n}"), 15, f"shared{n}")
+        attached = attached_by_gateway(sandbox)
+    finally:
+        first.stop()
+        second.stop()
+    assert all(len(events_of(sandbox, f"tasmota:shared{n}")) == 1 for n in range(20))
+    owned = [set(uris) for uris in attached.values()]
+    assert len(owned) == 2 and all(owned) and not owned[0] & owned[1]
+    assert "in shared group sepl, subscribed to" in first.log_text()
