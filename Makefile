@@ -1,5 +1,6 @@
 # Development tasks. `make run` starts the local stack, `make test` runs the test suite;
-# both first create .venv and check for Mosquitto (installing what is missing when root).
+# both first create .venv and check for Mosquitto (`make test` and `make bench` also for
+# nats-server), installing what is missing when root.
 
 PY ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup venv mosquitto run test lint bench clean
+.PHONY: setup venv mosquitto nats-server run test lint bench clean
 
 setup: venv mosquitto
 
@@ -48,10 +49,24 @@ mosquitto:
 	  exit 1; \
 	fi
 
+# The fleet tests and bench (issue [15]) start their own 3-node NATS cluster on loopback
+# ports; Debian's package is NATS 2.9.
+nats-server:
+	@if command -v nats-server >/dev/null 2>&1; then \
+	  :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "nats-server not found: installing it"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server; \
+	else \
+	  echo "install nats-server (apt-get install nats-server)" >&2; \
+	  exit 1; \
+	fi
+
 run: setup
 	$(VPY) -m sepl_dev.stack
 
-test: setup
+test: setup nats-server
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 # ruff (SLF001: no private member access), mypy strict, import-linter's contracts in
@@ -67,7 +82,7 @@ lint: venv
 # Every scenario of issue [6] with real Mosquitto and adapter processes, bench.history and
 # bench.match included; a table, and JSON in bench/results/. BENCH_ARGS=--quick for a smoke
 # run, --profile to add py-spy profiles (.venv/bin/pip install py-spy), --only a,b to pick.
-bench: venv mosquitto
+bench: venv mosquitto nats-server
 	$(VPY) -m bench.run $(BENCH_ARGS)
 
 clean:

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
 UNIT = REPO / "contrib" / "sepl-adapter.service"
+FLEET_UNIT = REPO / "contrib" / "sepl-adapter@.service"
 ADDON = REPO / "contrib" / "home-assistant"
 HOME = {"HOME": "/home/u"}
 MAPPING_FILES = sorted(p.name for p in (REPO / "mappings").glob("*.yaml"))
@@ -559,16 +560,19 @@ def test_the_installed_wheel_runs_outside_the_source_tree(installed: Path, tmp_p
 # --- the systemd unit
 
 
-def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("source", "name"), [(UNIT, UNIT.name), (FLEET_UNIT, "sepl-adapter@p0.service")]
+)
+def test_the_systemd_unit_verifies(tmp_path: Path, source: Path, name: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
-    text = UNIT.read_text(encoding="utf-8")
+    text = source.read_text(encoding="utf-8")
     # verify checks that ExecStart's program exists: point it at this tree's entry point.
     program = Path(sys.executable).parent / "sepl-adapter"
     if not program.exists():
         program = Path(sys.executable)
-    unit = tmp_path / "sepl-adapter.service"
+    unit = tmp_path / name  # a template is verified as one of its instances
     unit.write_text(text.replace("/usr/local/bin/sepl-adapter", str(program)), encoding="utf-8")
     result = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
@@ -604,6 +608,31 @@ def test_the_systemd_unit_keeps_what_docs_promise() -> None:
         assert settings[key] == ["yes"], key
     assert settings["ProtectSystem"] == ["strict"]
     assert settings["EnvironmentFile"] == ["-/etc/sepl-adapter/sepl-adapter.env"]
+
+
+def test_the_fleet_template_is_the_unit_with_a_state_and_a_name_per_instance() -> None:
+    """Everything of the single unit (its hardening above all) holds for each instance;
+    only what makes an instance its own differs."""
+    single = [line for line in UNIT.read_text(encoding="utf-8").splitlines() if "=" in line]
+    template = [line for line in FLEET_UNIT.read_text(encoding="utf-8").splitlines() if "=" in line]
+    own = {
+        "Description=SEPL MQTT adapter, fleet instance %i",
+        "StateDirectory=sepl-adapter/%i",
+        "Environment=ADAPTER_STATE_DIR=%S/sepl-adapter/%i",
+        "Environment=ADAPTER_INSTANCE=%i",
+        "WorkingDirectory=%S/sepl-adapter/%i",
+        "EnvironmentFile=/etc/sepl-adapter/%i.env",
+    }
+    settings = [line for line in template if not line.startswith("#")]
+    assert own <= set(settings)
+    replaced = {"Description", "StateDirectory", "WorkingDirectory"}
+    kept = [line for line in single if not line.startswith("#")]
+    for line in kept:
+        if (
+            line.split("=", 1)[0] not in replaced
+            and line != "Environment=ADAPTER_STATE_DIR=%S/sepl-adapter"
+        ):
+            assert line in settings, line
 
 
 # --- the Home Assistant add-on
