@@ -188,3 +188,39 @@ def test_two_instances_on_a_nats_cluster_lose_nothing_through_crashes(
             client.close()
         first.stop()
         second.stop()
+
+
+DOTTED = """\
+family: lab
+device_type: "iot#tasmota-plug"
+rules:
+  - id: lab-temperature
+    topic: "lab.1/{room}/temperature"
+    device: {uri: "lab:{room}", name: "Room {room}"}
+    service: sepl_get
+    payload: number
+    readings: {temperature: "@"}
+"""
+
+
+def test_a_refused_subscription_is_asked_for_again(
+    cluster: NatsCluster, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """NATS answers 0x80 for a filter it cannot serve (here a `.` in a topic, which NATS
+    2.9 refuses for good; a cluster that has just lost a node refuses for a while). The
+    adapter says so and asks again, ever later, while the other filters work."""
+    adapter = instance(cluster, sandbox, tmp_path, 0, node=0)
+    (tmp_path / "mappings" / "lab.yaml").write_text(DOTTED, encoding="utf-8")
+    adapter.start()
+    try:
+        refused = "broker refused the subscription to part/0/lab.1/+/temperature; asking again"
+        adapter.wait_for_log(f"{refused} in 1 s", 30)
+        adapter.wait_for_log(f"{refused} in 2 s", 30)
+        adapter.wait_for_log(f"{refused} in 4 s", 30)
+        device = Client(cluster, DEVICE_USER, 1, "devices")
+        name = "meter000"  # NATS hashes this name into partition 0
+        device.publish(f"tele/{name}/SENSOR", reading(0))
+        device.close()
+        wait_until(lambda: sequences(sandbox).get(f"tasmota:{name}"), 30, "the reading")
+    finally:
+        adapter.stop()
