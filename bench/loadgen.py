@@ -120,6 +120,9 @@ def work(job: Job) -> dict[str, Any]:
     client.max_queued_messages_set(0)
     client.on_connect = on_connect
     client.on_publish = on_publish
+    user = os.environ.get("MQTT_USERNAME")  # a broker with accounts (the NATS fleet)
+    if user:
+        client.username_pw_set(user, os.environ.get("MQTT_PASSWORD"))
     client.connect(job.host, job.port, keepalive=60)
     deadline = time.monotonic() + 10
     while not state["connected"]:

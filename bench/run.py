@@ -49,6 +49,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from adapter.sepl.device import Device, gateway_hash
 from sepl_dev.broker import Broker, child_preexec, free_port, port_accepts, stop_process
+from sepl_dev.nats import ADAPTER_USER, DEVICE_USER, HA_USER, NatsCluster
 
 REPO = Path(__file__).resolve().parents[1]
 # Where the adapter under test runs from: this checkout, or another one (--adapter-tree,
@@ -91,6 +92,7 @@ class Settings:
     profile: bool = False
     profile_seconds: float = 20.0
     repeat: int = 3  # throughput runs per forwarder and QoS (the median is reported)
+    fleet_count: int = 50_000  # messages of each fleet run (one instance, then two)
     scenarios: list[str] = field(default_factory=list)
 
     @classmethod
@@ -109,10 +111,20 @@ class Settings:
             probe_count=20_000,
             profile_seconds=8.0,
             repeat=1,
+            fleet_count=10_000,
         )
 
 
-ALL_SCENARIOS = ["sink", "throughput", "latency", "commands", "scale", "recovery", "history"]
+ALL_SCENARIOS = [
+    "sink",
+    "throughput",
+    "latency",
+    "commands",
+    "scale",
+    "recovery",
+    "history",
+    "fleet",
+]
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -303,7 +315,7 @@ class Stack:
 
     def adapter(
         self,
-        broker: Broker,
+        broker: Broker | int,
         sink: SinkHandle,
         mappings: Path,
         state: Path | None = None,
@@ -319,7 +331,7 @@ class Stack:
             env={
                 "PYTHONPATH": str(ADAPTER_TREE),
                 "MQTT_HOST": "127.0.0.1",
-                "MQTT_PORT": str(broker.port),
+                "MQTT_PORT": str(broker if isinstance(broker, int) else broker.port),
                 "CONNECTOR_URL": sink.url,
                 "ADAPTER_STATE_DIR": str(state),
                 "MAPPINGS_DIR": str(mappings),
@@ -345,7 +357,7 @@ class Stack:
 
 def loadgen(
     stack: Stack,
-    broker: Broker,
+    broker: Broker | int,
     *,
     count: int,
     devices: int,
@@ -355,16 +367,18 @@ def loadgen(
     seq_start: int = 0,
     topic: str | None = None,
     timeout: float = 300.0,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    port = broker if isinstance(broker, int) else broker.port
     argv = [
-        *(PY, "-m", "bench.loadgen", "--port", str(broker.port)),
+        *(PY, "-m", "bench.loadgen", "--port", str(port)),
         *("--count", str(count), "--devices", str(devices), "--qos", str(qos)),
         *("--rate", str(rate), "--workers", str(workers), "--seq-start", str(seq_start)),
         *("--max-seconds", str(timeout)),
     ]
     if topic:
         argv += ["--topic", topic]
-    child = stack.spawn("loadgen", argv, log=f"loadgen-{len(stack.children)}.log")
+    child = stack.spawn("loadgen", argv, env=env, log=f"loadgen-{len(stack.children)}.log")
     try:
         child.process.wait(timeout + 60)
     except subprocess.TimeoutExpired:
@@ -895,6 +909,90 @@ def scenario_recovery(root: Path, s: Settings) -> dict[str, Any]:
 # --- scenario 7: history (and matching) ------------------------------------------------------
 
 
+# --- scenario: a fleet on the NATS cluster (issue [15]) --------------------------------------
+
+
+def fleet_run(root: Path, s: Settings, instances: int) -> dict[str, Any]:
+    """`instances` adapters on the 3-node cluster of contrib/nats, the same load each time:
+    one instance reads every device topic in the devices' account; two read a partition
+    each in the adapters' account. The load generator publishes QoS 1 to the third node."""
+    count, devices = s.fleet_count, s.devices
+    with Stack(root, f"fleet-{instances}") as stack:
+        cluster = NatsCluster(stack.dir / "nats").start()
+        try:
+            sink = stack.sink()
+            adapters = []
+            for k in range(instances):
+                user = HA_USER if instances == 1 else ADAPTER_USER
+                env = {
+                    "MQTT_USERNAME": user,
+                    "MQTT_PASSWORD": cluster.passwords[user],
+                    "ADAPTER_INSTANCE": f"p{k}",
+                    "MQTT_TOPIC_PREFIX": f"part/{k}/" if instances > 1 else "",
+                    "DISCOVERY_SETTLE": "1h",
+                }
+                child = stack.adapter(
+                    cluster.nodes[k].mqtt_port,
+                    sink,
+                    tasmota_mappings(root),
+                    state=stack.dir / f"state-{k}",
+                    env=env,
+                    log=f"adapter-{k}.log",
+                )
+                adapters.append(child)
+            for child in adapters:
+                child.wait_log("broker confirmed", 120)
+                child.wait_log("connector ready", 30)
+            devices_env = {
+                "MQTT_USERNAME": DEVICE_USER,
+                "MQTT_PASSWORD": cluster.passwords[DEVICE_USER],
+            }
+            port = cluster.nodes[2].mqtt_port
+            loadgen(stack, port, count=devices, devices=devices, workers=1, env=devices_env)
+            warmed = wait_events(sink, devices, timeout=300)
+            if warmed.get("incomplete"):
+                raise BenchError(f"fleet warm-up incomplete: {warmed['incomplete']}")
+            sink.call("reset")
+            pids = [c.pid for c in adapters]
+            nodes = [n.process.pid for n in cluster.nodes if n.process is not None]
+            cpu0 = sum(cpu_seconds(pid) for pid in pids)
+            nats0 = sum(cpu_seconds(pid) for pid in nodes)
+            wall0 = time.monotonic()
+            lg = loadgen(
+                stack, port, count=count, devices=devices, workers=s.workers, env=devices_env
+            )
+            final = wait_events(sink, count, timeout=s.drain_cap * 3, stall=30.0)
+            wall = time.monotonic() - wall0
+            cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
+            nats_cpu = sum(cpu_seconds(pid) for pid in nodes) - nats0
+        finally:
+            cluster.stop()
+    first, last = final["first"], final["last"]
+    span = (last - first) if first and last else 0.0
+    unique = final["unique"]
+    return {
+        "instances": instances,
+        "messages": count,
+        "devices": devices,
+        "publish_rate": lg["rate"],
+        "received_unique": unique,
+        "duplicates": final["duplicates"],
+        "lost": None if final.get("incomplete") else count - unique,
+        "incomplete": final.get("incomplete"),
+        "rate": round(unique / span) if span > 0 else None,
+        "adapters_cpu_s_per_10k": round(cpu / max(unique, 1) * 10_000, 3),
+        "nats_cpu_s_per_10k": round(nats_cpu / max(unique, 1) * 10_000, 3),
+        "wall_s": round(wall, 2),
+        "log_problems": [problems(child) for child in adapters],
+    }
+
+
+def scenario_fleet(root: Path, s: Settings) -> dict[str, Any]:
+    """One and two instances on the NATS cluster with the same load (issue [15])."""
+    one, two = fleet_run(root, s, 1), fleet_run(root, s, 2)
+    return {"one": one, "two": two, "ratio_rate": ratio(two["rate"], one["rate"])}
+
+
 def run_module(module: str, prefix: str, timeout: float) -> dict[str, Any]:
     before = set(RESULTS.glob(f"{prefix}-*.json"))
     began = time.monotonic()
@@ -1269,6 +1367,7 @@ SCENARIOS: dict[str, Callable[[Path, Settings], dict[str, Any]]] = {
     "scale": scenario_scale,
     "recovery": scenario_recovery,
     "history": scenario_history,
+    "fleet": scenario_fleet,
     "profile": scenario_profile,
 }
 

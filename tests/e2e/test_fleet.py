@@ -7,6 +7,7 @@ tests/e2e/test_nats_fleet.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -83,7 +84,7 @@ def test_each_instance_forwards_its_partition_and_owns_its_devices(
         for name in names:
             publish(broker.port, f"part/{partition}/tele/{name}/SENSOR", POW_SENSOR)
     for name in devices[0] + devices[1]:
-        wait_until(lambda name=name: events_of(sandbox, f"tasmota:{name}"), 15, name)
+        wait_until(functools.partial(events_of, sandbox, f"tasmota:{name}"), 15, name)
 
     # The URI and the topic in the metadata are the device's own, without the partition.
     (event,) = events_of(sandbox, "tasmota:even0")
@@ -106,11 +107,11 @@ def test_each_instance_forwards_its_partition_and_owns_its_devices(
     plug = FakeTasmota(broker.port, "odd3")
     replies = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-fleet-partitioner")
 
-    def partition(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+    def partitioned(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # What a partitioning broker does: the device's reply also under part/1/.
         client.publish(f"part/1/{msg.topic}", msg.payload, qos=1)
 
-    replies.on_message = partition
+    replies.on_message = partitioned
     replies.connect("127.0.0.1", broker.port)
     replies.subscribe("stat/odd3/#", qos=1)
     replies.loop_start()
@@ -138,7 +139,7 @@ def test_a_shared_group_splits_the_messages_between_the_instances(
         for n in range(20):
             publish(broker.port, f"tele/shared{n}/SENSOR", POW_SENSOR)
         for n in range(20):
-            wait_until(lambda n=n: events_of(sandbox, f"tasmota:shared{n}"), 15, f"shared{n}")
+            wait_until(functools.partial(events_of, sandbox, f"tasmota:shared{n}"), 15, f"{n}")
         attached = attached_by_gateway(sandbox)
     finally:
         first.stop()
