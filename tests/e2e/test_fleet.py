@@ -19,10 +19,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sepl_dev.broker import Broker
+from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
+from tests.e2e.test_discovery_e2e import PLUG_MAC, AnyTypeSandbox
 from tests.peers import POW_SENSOR, FakeTasmota, events_of, http_json, publish
 from tests.processes import AdapterProcess, wait_until
+from tests.unit.test_discovery import PLUG_CONFIG, PLUG_SENSORS, POW_TELEMETRY
 
 
 def instance(
@@ -148,3 +150,49 @@ def test_a_shared_group_splits_the_messages_between_the_instances(
     owned = [set(uris) for uris in attached.values()]
     assert len(owned) == 2 and all(owned) and not owned[0] & owned[1]
     assert "in shared group sepl, subscribed to" in first.log_text()
+
+
+def test_a_discovered_device_is_put_by_the_instance_of_its_partition_only(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """Both instances read the (unprefixed) discovery config; only the one whose
+    partition carries the device's messages puts it on the platform."""
+    sandbox = AnyTypeSandbox(free_port(), tmp_path / "sandbox-state", tmp_path / "sandbox.log")
+    sandbox.start()
+    empty = tmp_path / "no-mappings"
+    empty.mkdir()
+    env = {"MAPPINGS_DIR": str(empty)}
+    first = instance(broker, sandbox, tmp_path, "d0", {**env, "MQTT_TOPIC_PREFIX": "part/0/"})
+    second = instance(broker, sandbox, tmp_path, "d1", {**env, "MQTT_TOPIC_PREFIX": "part/1/"})
+    try:
+        publish(
+            broker.port,
+            f"tasmota/discovery/{PLUG_MAC}/config",
+            json.dumps(PLUG_CONFIG),
+            retain=True,
+        )
+        publish(
+            broker.port,
+            f"tasmota/discovery/{PLUG_MAC}/sensors",
+            json.dumps(PLUG_SENSORS),
+            retain=True,
+        )
+        first.start()
+        second.start()
+        for process in (first, second):
+            process.wait_for_log("discovered device tasmota:pow1", 10)
+
+        def arrived() -> list[dict[str, Any]]:
+            # Again until it arrives: the generated rule's subscription is confirmed a
+            # moment after the discovery config was read.
+            publish(broker.port, "part/1/tele/pow1/SENSOR", POW_TELEMETRY.decode())
+            return events_of(sandbox, "tasmota:pow1")
+
+        wait_until(arrived, 15, "the discovered device's reading", 0.5)
+        by_gateway = attached_by_gateway(sandbox)
+    finally:
+        first.stop()
+        second.stop()
+        sandbox.stop()
+    assert sorted(by_gateway.values()) == [[], ["tasmota:pow1"]]
+    assert sandbox.log_text().count("put tasmota:pow1") == 1  # by the owner, once
