@@ -127,7 +127,12 @@ class MqttLink:
     ) -> None:
         self.settings = settings
         self.client_id = client_id
-        self.filters = sorted(set(filters))
+        self._status_topic = settings.mqtt_status_topic
+        # Its own status topic too: a late `offline` (the will of the connection a restart
+        # replaced, which NATS may publish after the new `online`) is answered (issue [15]).
+        self.filters = sorted({*filters, self._status_topic})
+        self._stopping = False
+        self._reaffirm = False
         # What the broker's persistent session holds, so that filters a mapping edit (or
         # the last run) dropped are unsubscribed instead of flowing in forever.
         self._subscriptions_file = None if state_dir is None else state_dir / "mqtt-filters.json"
@@ -317,6 +322,8 @@ class MqttLink:
             topic = ""
         if self._prefix:
             topic = strip_prefix(topic, self._prefix)
+        if topic == self._status_topic and msg.payload != b"online" and not self._stopping:
+            self._reaffirm = True  # published by the keep-alive task, outside paho's read
         self._batch.append(
             Message(topic, bytes(msg.payload), msg.qos, msg.retain, datetime.now(UTC), msg.mid)
         )
@@ -341,7 +348,7 @@ class MqttLink:
 
     def set_filters(self, filters: list[str]) -> None:
         """Change the subscriptions without dropping the connection (mapping reload)."""
-        new = sorted(set(filters))
+        new = sorted({*filters, self._status_topic})
         added = [f for f in new if f not in self._subscribed]
         removed = self._subscribed - set(new)
         self.filters = new
@@ -480,6 +487,10 @@ class MqttLink:
             await anyio.sleep(MISC_INTERVAL)
             if not self._held:
                 self._client.loop_misc()
+            if self._reaffirm and self.connected and not self._stopping:
+                self._reaffirm = False
+                log.info("the status topic said offline while connected: publishing online")
+                self._client.publish(self._status_topic, "online", qos=1, retain=True)
             if self._refused and self.connected and time.monotonic() >= self._retry_at:
                 self._retry_at = time.monotonic() + RECONNECT_MAX  # until the SUBACK says
                 self._subscribe([f for f in self.filters if f in self._refused], set())
@@ -487,6 +498,7 @@ class MqttLink:
     async def _stop(self) -> None:
         """The retained `offline` and a DISCONNECT, written within STOP_GRACE."""
         client = self._client
+        self._stopping = True
         if self.connected:
             client.publish(self.settings.mqtt_status_topic, "offline", qos=1, retain=True)
         client.disconnect()

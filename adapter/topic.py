@@ -235,10 +235,15 @@ def template_regex(template: str) -> re.Pattern[str]:
     """The inverse of render_template: recover the placeholder values from a rendered text."""
     parts: list[str] = []
     last = 0
+    named: set[str] = set()
     for match in _PLACEHOLDER.finditer(template):
         parts.append(re.escape(template[last : match.start()]))
         name = match.group(1)
-        parts.append(f"(?P<{name}>.+?)" if match.group(2) else f"(?P<{name}>[^/]+?)")
+        if name in named:  # `{topic}-{topic}`: the same text again
+            parts.append(f"(?P={name})")
+        else:
+            named.add(name)
+            parts.append(f"(?P<{name}>.+?)" if match.group(2) else f"(?P<{name}>[^/]+?)")
         last = match.end()
     parts.append(re.escape(template[last:]))
     return re.compile("".join(parts))

@@ -287,6 +287,10 @@ def test_render_and_template_inverse() -> None:
     assert template_regex("tasmota:{topic}").fullmatch("tasmota:a/b") is None
     multi = template_regex("z2m:{name...}").fullmatch("z2m:kitchen/floor_light")
     assert multi is not None and multi.group("name") == "kitchen/floor_light"
+    # A placeholder used twice stands for the same text twice (found by the loader's fuzz
+    # test: a device URI `{topic}{topic}` raised re.error out of the mapping loader).
+    twice = template_regex("dev:{topic}-{topic}")
+    assert twice.fullmatch("dev:a-a") is not None and twice.fullmatch("dev:a-b") is None
 
 
 # --- generated: the reference agrees with paho --------------------------------------------
