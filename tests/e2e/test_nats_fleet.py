@@ -187,17 +187,28 @@ def test_two_instances_on_a_nats_cluster_lose_nothing_through_crashes(
         wait_until(complete, 120, "every reading of every device", interval=1.0)
         got = sequences(sandbox)
 
-        # Per-device order: the first arrival of each reading in publication order.
-        for uri, seqs in got.items():
-            firsts = list(dict.fromkeys(seqs))
-            assert firsts == sorted(firsts), (uri, seqs)
-        duplicates = sum(len(seqs) - ROUNDS for seqs in got.values())
-        print(f"{DEVICES * ROUNDS} readings, {duplicates} duplicates")
-
         # Each device attached by exactly one gateway: the one of its partition.
         sessions = http_json(f"{sandbox.url}/sessions")["open"]
         owned = [set(s["attached"]) for s in sessions]
         assert len(owned) == 2 and not owned[0] & owned[1] and owned[0] | owned[1] == expected
+
+        # Per-device order: the first arrival of each reading in publication order. Except
+        # where NATS 2.9 had handed a reading to the instance it then lost (it goes on
+        # sending to a killed connection for a moment) and sends it again after ack_wait,
+        # behind newer ones (docs/fleet.md): only devices of the killed instance.
+        gid = (tmp_path / "state-p0" / "connector" / "gid").read_text(encoding="utf-8").strip()
+        killed = {uri for s in sessions if s["gateway"] == gid for uri in s["attached"]}
+        late = {}
+        for uri, seqs in got.items():
+            firsts = list(dict.fromkeys(seqs))
+            if firsts != sorted(firsts):
+                assert uri in killed, (uri, seqs)
+                late[uri] = seqs
+        duplicates = sum(len(seqs) - ROUNDS for seqs in got.values())
+        print(
+            f"{DEVICES * ROUNDS} readings, {duplicates} duplicates, {len(late)} devices of the"
+            f" killed instance with a reading sent again late: {sorted(late.items())[:3]}"
+        )
 
         # A command and its reply go through the owner, and the owner only.
         uri = sorted(owned[1])[0]

@@ -57,7 +57,9 @@ class Pipeline:
     async def deliver(self, batch: list[Message]) -> None:
         await self.open.wait()
         self.batches += 1
-        self.got.extend(batch)
+        # The link reads its own status topic too (to answer a late will); the adapter's
+        # pipeline skips it, and so does this one.
+        self.got.extend(m for m in batch if m.topic != self.link.settings.mqtt_status_topic)
         if self.acknowledge:
             self.link.ack(batch)
         self.arrived.set()
@@ -224,6 +226,24 @@ async def test_thousands_of_subscriptions_are_confirmed_and_deliver(
     assert [(m.topic, m.payload) for m in got] == [("site4999/tele/x/SENSOR", b"1")]
 
 
+def retained_status(broker: Broker) -> list[bytes]:
+    seen: list[bytes] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-status")
+    client.on_message = lambda c, u, m: seen.append(bytes(m.payload))
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe("sepl-adapter/status")
+    client.loop_start()
+    try:
+        for _ in range(100):
+            if seen:
+                break
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return seen
+
+
 @pytest.mark.anyio
 async def test_a_stop_leaves_a_retained_offline_and_disconnects(
     broker: Broker, tmp_path: Path
@@ -235,26 +255,40 @@ async def test_a_stop_leaves_a_retained_offline_and_disconnects(
         await wait_connected(link)
         tg.cancel_scope.cancel()
     assert not link.connected
-
-    seen: list[bytes] = []
-
-    def status() -> None:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-status")
-        client.on_message = lambda c, u, m: seen.append(bytes(m.payload))
-        client.connect("127.0.0.1", broker.port)
-        client.subscribe("sepl-adapter/status")
-        client.loop_start()
-        try:
-            for _ in range(100):
-                if seen:
-                    break
-                time.sleep(0.05)
-        finally:
-            client.disconnect()
-            client.loop_stop()
-
-    await anyio.to_thread.run_sync(status)
+    seen = await anyio.to_thread.run_sync(retained_status, broker)
     assert seen == [b"offline"]
+
+
+@pytest.mark.anyio
+async def test_a_late_offline_on_the_status_topic_is_answered(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """NATS can publish the will of the connection a restart replaced after the new
+    connection's `online`: the running link then says `online` again (issue [15])."""
+    link = link_for(broker, tmp_path)
+    pipeline = Pipeline(link)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(link.run, pipeline.deliver)
+        await wait_connected(link)
+        await anyio.sleep(0.2)  # the SUBACK
+        await anyio.to_thread.run_sync(
+            lambda: publish_retained(broker, "sepl-adapter/status", b"offline")
+        )
+        with anyio.fail_after(WAIT):
+            while await anyio.to_thread.run_sync(retained_status, broker) != [b"online"]:
+                await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+
+
+def publish_retained(broker: Broker, topic: str, payload: bytes) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-late-will")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(timeout=WAIT)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 @pytest.mark.anyio
