@@ -319,7 +319,7 @@ def test_an_oversized_payload_is_a_dead_letter_and_the_link_stays_up(
         publish(broker.port, "tele/before/SENSOR", POW_SENSOR)
         wait_until(lambda: events_of(sandbox, "tasmota:before"), 15, "the first reading")
         baseline = current_rss_mb(pid)
-        size = 40 * 2**20  # large enough that the copies, not the noise, decide
+        size = 64 * 2**20  # large enough that the copies, not the noise, decide
         huge = '{"ENERGY":{"Power":1},"pad":"' + "x" * size + '"}'
         publish(broker.port, "tele/huge/SENSOR", huge)
         publish(broker.port, "tele/after/SENSOR", POW_SENSOR)
@@ -339,9 +339,9 @@ def test_an_oversized_payload_is_a_dead_letter_and_the_link_stays_up(
     # The adapter holds the payload once: paho's message payload, written to SQLite in
     # pieces. The peak is paho's decoding of the packet (its read buffer and two slices of
     # it: 3 sizes, library code we do not control), plus a few MB of pieces and allocator
-    # slack; before, writing the dead letter added the text and SQLite's two copies on top
-    # of the payload (4.1 sizes).
-    assert peak - baseline < 3 * size / 2**20 + 16
+    # slack (3.15-3.3 sizes measured); before, writing the dead letter added the text and
+    # SQLite's two copies on top of the payload (4.1 sizes).
+    assert peak - baseline < 3.5 * size / 2**20
 
 
 def test_an_event_whose_frame_grows_past_the_limit_is_never_sent(
