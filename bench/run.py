@@ -920,9 +920,9 @@ def fleet_run(root: Path, s: Settings, instances: int) -> dict[str, Any]:
     count, devices = s.fleet_count, s.devices
     with Stack(root, f"fleet-{instances}") as stack:
         cluster = NatsCluster(stack.dir / "nats").start()
+        adapters: list[Child] = []
         try:
             sink = stack.sink()
-            adapters = []
             for k in range(instances):
                 user = HA_USER if instances == 1 else ADAPTER_USER
                 env = {
@@ -977,6 +977,8 @@ def fleet_run(root: Path, s: Settings, instances: int) -> dict[str, Any]:
             cpu = sum(cpu_seconds(pid) for pid in pids) - cpu0
             nats_cpu = sum(cpu_seconds(pid) for pid in nodes) - nats0
         finally:
+            for child in adapters:  # before their broker, which they would report lost
+                stack.stop(child)
             cluster.stop()
     first, last = final["first"], final["last"]
     span = (last - first) if first and last else 0.0
