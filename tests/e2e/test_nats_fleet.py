@@ -156,9 +156,10 @@ def test_two_instances_on_a_nats_cluster_lose_nothing_through_crashes(
         for seq in range(ROUNDS):
             for n, name in enumerate(names):
                 publishers[n % 3].publish(f"tele/{name}/SENSOR", reading(seq))
-            if seq == 1:
-                first.process.kill()  # type: ignore[union-attr]  # SIGKILL mid-stream
-                first.process.wait()  # type: ignore[union-attr]
+            if seq == 1:  # SIGKILL while it still works on the readings just published
+                assert first.process is not None
+                first.process.kill()
+                first.process.wait()
             if seq == 2:
                 first.start()  # the same state directory: its persistent session resumes
             if seq == 3:
