@@ -46,6 +46,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "configure_parser",
         "main",
     ),
+    "devices": (
+        "list the known devices, or forget some (a fleet's partitions changed)",
+        "adapter.gatewaydevices",
+        "configure_parser",
+        "main",
+    ),
     "sandbox": (
         "run the local SEPL sandbox platform",
         "adapter.sandbox",

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
 from tests.e2e.test_discovery_e2e import PLUG_MAC, AnyTypeSandbox
 from tests.peers import POW_SENSOR, FakeTasmota, events_of, http_json, publish
-from tests.processes import AdapterProcess, wait_until
+from tests.processes import REPO, AdapterProcess, wait_until
 from tests.unit.test_discovery import PLUG_CONFIG, PLUG_SENSORS, POW_TELEMETRY
 
 
@@ -196,3 +199,50 @@ def test_a_discovered_device_is_put_by_the_instance_of_its_partition_only(
         sandbox.stop()
     assert sorted(by_gateway.values()) == [[], ["tasmota:pow1"]]
     assert sandbox.log_text().count("put tasmota:pow1") == 1  # by the owner, once
+
+
+def test_known_devices_can_be_listed_and_forgotten_when_no_adapter_runs(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """Adding a partition (docs/fleet.md): an instance forgets the devices that moved, so
+    it does not attach them again at its next connect; not while it runs."""
+    adapter = instance(broker, sandbox, tmp_path, "f0", {}).start()
+    state = tmp_path / "state-f0"
+    try:
+        for name in ("keep", "moved"):
+            publish(broker.port, f"tele/{name}/SENSOR", POW_SENSOR)
+            wait_until(functools.partial(events_of, sandbox, f"tasmota:{name}"), 15, name)
+        listed = devices_cli(state, "list")
+        assert "tasmota:keep" in listed.stdout and "2 devices" in listed.stdout
+        refused = devices_cli(state, "forget", "tasmota:moved")
+        assert refused.returncode == 2 and "in use by another sepl-adapter" in refused.stderr
+    finally:
+        assert adapter.stop() == 0
+    forgot = devices_cli(state, "forget", "tasmota:moved", "tasmota:never")
+    assert forgot.returncode == 1 and "tasmota:never: not a known device" in forgot.stderr
+    assert "1 devices forgotten, 1 kept" in forgot.stdout
+    assert devices_cli(state, "forget").returncode == 2  # neither URIs nor --all
+
+    adapter.start()
+    try:
+        wait_until(lambda: attached_by_gateway(sandbox).get(gateway_of(state)), 15, "the restore")
+        assert attached_by_gateway(sandbox)[gateway_of(state)] == ["tasmota:keep"]
+    finally:
+        adapter.stop()
+    assert devices_cli(state, "forget", "--all").stdout.startswith("1 devices forgotten, 0 kept")
+
+
+def devices_cli(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adapter", "devices", *argv],
+        cwd=REPO,
+        env={**os.environ, "ADAPTER_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def gateway_of(state: Path) -> str:
+    return (state / "connector" / "gid").read_text(encoding="utf-8").strip()
