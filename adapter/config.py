@@ -787,6 +787,16 @@ def load(
     return Settings(**values, sources=MappingProxyType(sources))
 
 
+def load_for_command(args: argparse.Namespace) -> Settings | None:
+    """`load` for a command line: an invalid setting is printed as the one line it is
+    (exit status 2 for the caller), never a traceback."""
+    try:
+        return load(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

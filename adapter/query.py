@@ -18,10 +18,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = config.load(args)
-    except config.SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    settings = config.load_for_command(args)
+    if settings is None:
         return 2
     params = {
         key: value

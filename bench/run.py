@@ -544,9 +544,7 @@ def throughput_run(
         mem = memory(fwd.pid)
         if spy is not None:
             spy.process.wait(s.profile_seconds + 60)
-        first, last = final["first"], final["last"]
-        span = (last - first) if first and last else 0.0
-        unique = final["unique"]
+        unique, last = final["unique"], final["last"]
         return {
             "messages": count,
             "devices": devices,
@@ -565,7 +563,7 @@ def throughput_run(
             "duplicates": final["duplicates"],
             "rejected": final["rejected"],
             "incomplete": final.get("incomplete"),
-            "rate": round(unique / span) if span > 0 else None,
+            "rate": arrival_rate(final),
             "end_to_end_s": round(last - lg["first"], 3) if last else None,
             # From the first publish: also counts a start-up stall before the first event.
             "end_to_end_rate": round(unique / (last - lg["first"])) if last else None,
@@ -582,6 +580,13 @@ def throughput_run(
             "noise": noise,
             "log_problems": problems(fwd),
         }
+
+
+def arrival_rate(final: dict[str, Any]) -> int | None:
+    """Distinct events a second between the sink's first and last arrival."""
+    first, last = final["first"], final["last"]
+    span = (last - first) if first and last else 0.0
+    return round(final["unique"] / span) if span > 0 else None
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -881,7 +886,6 @@ def scenario_recovery(root: Path, s: Settings) -> dict[str, Any]:
         sink = stack.sink(port=port, state=sink_state_file)
         final = wait_events(sink, count, timeout=max(300.0, count / 200), watch=adapter)
         first, last = final["first"], final["last"]
-        span = (last - first) if first and last else 0.0
         return {
             "messages": count,
             "devices": s.devices,
@@ -893,7 +897,7 @@ def scenario_recovery(root: Path, s: Settings) -> dict[str, Any]:
             "peak_rss_outage_mb": mem_outage.get("VmHWM"),
             "reconnect_s": round(first - back, 2) if first else None,
             "drain_s": round(last - back, 2) if last else None,
-            "drain_rate": round(final["unique"] / span) if span > 0 else None,
+            "drain_rate": arrival_rate(final),
             "drain_cpu_s_per_10k": round(
                 (cpu_seconds(adapter.pid) - cpu1) / max(final["unique"], 1) * 10_000, 3
             ),
@@ -980,8 +984,6 @@ def fleet_run(root: Path, s: Settings, instances: int) -> dict[str, Any]:
             for child in adapters:  # before their broker, which they would report lost
                 stack.stop(child)
             cluster.stop()
-    first, last = final["first"], final["last"]
-    span = (last - first) if first and last else 0.0
     unique = final["unique"]
     return {
         "instances": instances,
@@ -994,7 +996,7 @@ def fleet_run(root: Path, s: Settings, instances: int) -> dict[str, Any]:
         "duplicates": final["duplicates"],
         "lost": None if final.get("incomplete") else accepted - unique,
         "incomplete": final.get("incomplete"),
-        "rate": round(unique / span) if span > 0 else None,
+        "rate": arrival_rate(final),
         "adapters_cpu_s_per_10k": round(cpu / max(unique, 1) * 10_000, 3),
         "nats_cpu_s_per_10k": round(nats_cpu / max(unique, 1) * 10_000, 3),
         "wall_s": round(wall, 2),

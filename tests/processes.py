@@ -101,3 +101,16 @@ class AdapterProcess:
         if self.process is None:
             return None
         return stop_process(self.process, timeout=10.0)
+
+
+def adapter_cli(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`sepl-adapter <argv>` on the state directory `state` (as beside a running adapter)."""
+    return subprocess.run(
+        [sys.executable, "-m", "adapter", *argv],
+        cwd=REPO,
+        env={**os.environ, "ADAPTER_STATE_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
 from tests.peers import POW_SENSOR, events_of, publish
-from tests.processes import REPO, AdapterProcess, wait_until
+from tests.processes import REPO, AdapterProcess, adapter_cli, wait_until
 
 
 def get(url: str) -> tuple[int, Any]:
@@ -55,18 +55,6 @@ def adapter_at(
     )
 
 
-def cli(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "adapter", *argv],
-        cwd=REPO,
-        env={**os.environ, "ADAPTER_STATE_DIR": str(state)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_a_dead_letter_replay_from_the_cli_keeps_the_running_adapters_counts(
     broker: Broker, sandbox: SandboxProcess, tmp_path: Path
 ) -> None:
@@ -83,7 +71,7 @@ def test_a_dead_letter_replay_from_the_cli_keeps_the_running_adapters_counts(
         for n in range(3):  # not JSON: refused by the rule, kept as dead letters
             publish(broker.port, "tele/kitchen/SENSOR", f"not json {n}")
         wait_until(lambda: get(f"{api}/healthz")[1]["dead_letters"] == 3, 15, "3 dead letters")
-        replayed = cli(state, "deadletters", "replay")
+        replayed = adapter_cli(state, "deadletters", "replay")
         assert replayed.returncode == 0, replayed.stderr
         # Sent again as they are (the platform takes an event whatever its data).
         wait_until(lambda: len(events_of(sandbox, "tasmota:kitchen")) == 3, 15, "the replay")
@@ -227,7 +215,7 @@ def test_a_damaged_outbox_stops_start_up_with_one_line_and_is_kept(
     assert f"outbox database {outbox} is damaged" in done.stderr
     assert "move it aside" in done.stderr and ".recover" in done.stderr
     assert outbox.read_bytes() == damaged  # undelivered events are never deleted silently
-    health = cli(state, "check", str(REPO / "mappings"), "--state-dir", str(state))
+    health = adapter_cli(state, "check", str(REPO / "mappings"), "--state-dir", str(state))
     assert f"error: {outbox} is damaged" in health.stdout, health.stdout
 
 
@@ -249,7 +237,7 @@ def test_a_damaged_history_is_moved_aside_and_forwarding_goes_on(
     assert f"history database {history} is damaged" in log and "moved to" in log
     (aside,) = state.glob("history.sqlite3.damaged-*[0-9Z]")
     assert aside.read_bytes() == damaged and aside.name in log
-    health = cli(state, "check", str(REPO / "mappings"), "--state-dir", str(state))
+    health = adapter_cli(state, "check", str(REPO / "mappings"), "--state-dir", str(state))
     assert f"{history}: ok" in health.stdout and f"{state / 'outbox.sqlite3'}: ok" in health.stdout
 
 
@@ -325,7 +313,7 @@ def test_an_oversized_payload_is_a_dead_letter_and_the_link_stays_up(
         publish(broker.port, "tele/after/SENSOR", POW_SENSOR)
         wait_until(lambda: events_of(sandbox, "tasmota:after"), 30, "the reading after it")
         peak = peak_rss_mb(pid)
-        letters = cli(state, "deadletters", "list", "--json").stdout.splitlines()
+        letters = adapter_cli(state, "deadletters", "list", "--json").stdout.splitlines()
         sessions = get(f"{sandbox.url}/sessions")[1]
     finally:
         assert adapter.stop() == 0
@@ -359,9 +347,11 @@ def test_an_event_whose_frame_grows_past_the_limit_is_never_sent(
         publish(broker.port, "tele/after/SENSOR", POW_SENSOR)
         wait_until(lambda: events_of(sandbox, "tasmota:after"), 15, "the reading after it")
         wait_until(
-            lambda: cli(state, "deadletters", "list", "--json").stdout.strip(), 15, "a letter"
+            lambda: adapter_cli(state, "deadletters", "list", "--json").stdout.strip(),
+            15,
+            "a letter",
         )
-        letters = cli(state, "deadletters", "list", "--json").stdout.splitlines()
+        letters = adapter_cli(state, "deadletters", "list", "--json").stdout.splitlines()
     finally:
         assert adapter.stop() == 0
     (letter,) = [json.loads(line) for line in letters]

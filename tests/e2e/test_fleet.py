@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
 from tests.e2e.test_discovery_e2e import PLUG_MAC, AnyTypeSandbox
 from tests.peers import POW_SENSOR, FakeTasmota, events_of, http_json, publish
-from tests.processes import REPO, AdapterProcess, wait_until
+from tests.processes import AdapterProcess, adapter_cli, wait_until
 from tests.unit.test_discovery import PLUG_CONFIG, PLUG_SENSORS, POW_TELEMETRY
 
 
@@ -212,16 +209,16 @@ def test_known_devices_can_be_listed_and_forgotten_when_no_adapter_runs(
         for name in ("keep", "moved"):
             publish(broker.port, f"tele/{name}/SENSOR", POW_SENSOR)
             wait_until(functools.partial(events_of, sandbox, f"tasmota:{name}"), 15, name)
-        listed = devices_cli(state, "list")
+        listed = adapter_cli(state, "devices", "list")
         assert "tasmota:keep" in listed.stdout and "2 devices" in listed.stdout
-        refused = devices_cli(state, "forget", "tasmota:moved")
+        refused = adapter_cli(state, "devices", "forget", "tasmota:moved")
         assert refused.returncode == 2 and "in use by another sepl-adapter" in refused.stderr
     finally:
         assert adapter.stop() == 0
-    forgot = devices_cli(state, "forget", "tasmota:moved", "tasmota:never")
+    forgot = adapter_cli(state, "devices", "forget", "tasmota:moved", "tasmota:never")
     assert forgot.returncode == 1 and "tasmota:never: not a known device" in forgot.stderr
     assert "1 devices forgotten, 1 kept" in forgot.stdout
-    assert devices_cli(state, "forget").returncode == 2  # neither URIs nor --all
+    assert adapter_cli(state, "devices", "forget").returncode == 2  # neither URIs nor --all
 
     adapter.start()
     try:
@@ -229,18 +226,8 @@ def test_known_devices_can_be_listed_and_forgotten_when_no_adapter_runs(
         assert attached_by_gateway(sandbox)[gateway_of(state)] == ["tasmota:keep"]
     finally:
         adapter.stop()
-    assert devices_cli(state, "forget", "--all").stdout.startswith("1 devices forgotten, 0 kept")
-
-
-def devices_cli(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "adapter", "devices", *argv],
-        cwd=REPO,
-        env={**os.environ, "ADAPTER_STATE_DIR": str(state)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    assert adapter_cli(state, "devices", "forget", "--all").stdout.startswith(
+        "1 devices forgotten, 0 kept"
     )
 
 

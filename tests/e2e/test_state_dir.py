@@ -9,9 +9,6 @@ old session) and a file that is not UTF-8 crashed start-up with a traceback.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import pytest
 from sepl_dev.broker import Broker
 from sepl_dev.stack import SandboxProcess
 from tests.peers import POW_SENSOR, events_of, publish
-from tests.processes import REPO, AdapterProcess, wait_until
+from tests.processes import AdapterProcess, adapter_cli, wait_until
 
 
 def adapter(broker: Broker, sandbox: SandboxProcess, state: Path, log: Path) -> AdapterProcess:
@@ -45,15 +42,7 @@ def test_a_second_adapter_on_the_same_state_dir_stops_with_one_line(
         assert first.log_text().count("broker confirmed") == 1
         # Commands that only read the state work beside the running adapter.
         for argv in (["deadletters", "list"], ["query", "tasmota:kitchen"]):
-            done = subprocess.run(
-                [sys.executable, "-m", "adapter", *argv],
-                cwd=REPO,
-                env={**os.environ, "ADAPTER_STATE_DIR": str(state)},
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
+            done = adapter_cli(state, *argv)
             assert done.returncode == 0, (argv, done.stdout, done.stderr)
     finally:
         first.stop()
