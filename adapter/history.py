@@ -80,6 +80,18 @@ CREATE TABLE samples_recent (series INTEGER NOT NULL, ts REAL NOT NULL, value RE
 ALTER TABLE devices ADD COLUMN units TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE devices ADD COLUMN times TEXT NOT NULL DEFAULT '{}';
 """
+# A row per message, not per reading: a Tasmota energy message is 10 readings, and their
+# 10 index entries were most of the history's cost (in CPU and on disk). A device's message
+# shape is a layout, its series in order; `vals` is the JSON array of the message's values
+# in that order, and layout_series says where a series' value is in the layouts that have it.
+MESSAGES_SCHEMA = """
+CREATE TABLE layouts (id INTEGER PRIMARY KEY, device TEXT NOT NULL, series TEXT NOT NULL UNIQUE);
+CREATE TABLE layout_series (
+    series INTEGER NOT NULL, layout INTEGER NOT NULL, pos INTEGER NOT NULL,
+    PRIMARY KEY (series, layout)) WITHOUT ROWID;
+CREATE TABLE messages (layout INTEGER NOT NULL, ts REAL NOT NULL, vals TEXT NOT NULL);
+CREATE TABLE messages_recent (layout INTEGER NOT NULL, ts REAL NOT NULL, vals TEXT NOT NULL);
+"""
 # Schema versions (adapter/migrations.py): SCHEMA above is version 1, the first release.
 # Do not edit it or any released migration; append one for every change, and
 # tests/integration/test_migrations.py checks that files of every earlier version open.
@@ -100,6 +112,13 @@ MIGRATIONS = (
         SERIES_SCHEMA,
         function=lambda db: _one_device_per_physical_device(db),
     ),
+    Migration(
+        4,
+        "readings stored a row per message (its layout: the series of its values), not a"
+        " row per reading",
+        MESSAGES_SCHEMA,
+        function=lambda db: _samples_to_messages(db),
+    ),
 )
 
 
@@ -119,15 +138,13 @@ class QueryError(ValueError):
 log = logging.getLogger("adapter.history")
 EXPIRE_EVERY = 60.0  # seconds between deletes of readings past the retention
 GATHER = 0.01  # seconds the writer waits for more readings before a transaction
-# New samples are appended to samples_recent (no index: a transaction writes a few pages)
+# New messages are appended to messages_recent (no index: a transaction writes a few pages)
 # and moved into the indexed table in bulk, sorted, when this many are staged or this long
-# after the last move. Written straight into the covering index, each transaction rewrote
-# a page per device it touched: at 2,000 devices that cost more than the rest of the
-# adapter's work and held back the intake.
-# 200,000 since a Tasmota energy message became 10 readings (issue [12]): folds of 50,000
-# cost 47 us of CPU a message, of 200,000 35 us (the index is walked per series once a
-# fold); an average over staged readings scans at most that many rows (a few ms).
-FOLD_ROWS = 200_000
+# after the last move. Written straight into the index, each transaction rewrote a page
+# per device it touched: at 2,000 devices that cost more than the rest of the adapter's
+# work and held back the intake. An average over staged readings scans at most this many
+# rows (a few ms).
+FOLD_ROWS = 50_000
 RECORD_CHUNK = 250  # messages a transaction of the writer holds at most
 MAX_LAYOUTS = 16  # message shapes remembered per device (Tasmota: SENSOR, STATE, ...)
 FOLD_EVERY = 30.0  # seconds
@@ -210,10 +227,8 @@ def bucket_sql(granularity: str) -> str:
     raise ValueError(granularity)
 
 
-# A message's series numbers: the first of consecutive ones, or each as text.
-Series = int | tuple[str, ...]
-# A device's message shape: its reading names, their units, their series numbers.
-Layout = tuple[tuple[str, ...], Mapping[str, str], Series]
+# A device's message shape: its reading names, their units, its layout's number.
+Layout = tuple[tuple[str, ...], Mapping[str, str], int]
 
 
 class HistoryStore:
@@ -225,12 +240,11 @@ class HistoryStore:
         self.dropped_for_space = 0
         self.used = 0  # bytes of the file's pages in use, at the last look
         self.db = open_versioned(path, MIGRATIONS, "history")
-        self._staged = self.db.execute("SELECT COUNT(*) FROM samples_recent").fetchone()[0]
+        self._staged = self.db.execute("SELECT COUNT(*) FROM messages_recent").fetchone()[0]
         self._folded_at = time.monotonic()
-        # Per device, per set of reading names: their units and series numbers, so a
-        # message's samples are one JSON object {series: value} for SQLite to spread. The
-        # numbers of a device's new readings are consecutive, kept as the first one; names
-        # and units are shared by every device with the same (10,000 plugs: 3 MB, not 17).
+        # Per device, per set of reading names: their units and layout number, so a
+        # message's row is its layout and its values. Names and units are shared by every
+        # device with the same (10,000 plugs: 3 MB, not 17).
         # Most devices send one shape: kept as a tuple; a dict by names for those with more.
         self._layouts: dict[str, Layout | dict[tuple[str, ...], Layout]] = {}
         self._shared: dict[Any, Any] = {}
@@ -244,7 +258,12 @@ class HistoryStore:
         """The readings, and each device's latest state: a transaction per 250 messages
         (a burst from 10,000 devices held every device's state at once: 20 MB)."""
         for start in range(0, len(batch), RECORD_CHUNK):
-            self._record(batch[start : start + RECORD_CHUNK])
+            try:
+                self._record(batch[start : start + RECORD_CHUNK])
+            except BaseException:
+                # Layouts made in the transaction that was rolled back are gone again.
+                self._layouts.clear()
+                raise
 
     def _record(self, batch: Sequence[Reading]) -> None:
         if not batch:
@@ -261,7 +280,7 @@ class HistoryStore:
         units_of: dict[str, dict[str, str]] = {}
         times_of: dict[str, dict[str, float]] = {}
         seen: dict[str, float] = {}  # the newest time of each device's messages
-        samples = []
+        rows = []
         with transaction(self.db):
             for item in batch:
                 uri = item.device
@@ -270,14 +289,8 @@ class HistoryStore:
                 values = item.values
                 if values:
                     units = item.units or {}
-                    series, new_units = self._series_of(uri, values, units)
-                    numbers: Iterable[str] = (
-                        map(str, range(series, series + len(values)))
-                        if isinstance(series, int)
-                        else series
-                    )
-                    by_series = dict(zip(numbers, values.values(), strict=False))
-                    samples.append((item.ts, fastjson.dumps_text(by_series)))
+                    layout, new_units = self._layout_of(uri, values, units)
+                    rows.append((layout, item.ts, fastjson.dumps_text(list(values.values()))))
                     merged.setdefault(uri, {}).update(values)
                     if new_units:  # else the device's row has these units already
                         units_of.setdefault(uri, {}).update(units)
@@ -297,13 +310,8 @@ class HistoryStore:
                 )
                 for uri, item in newest.items()
             ]
-            # One row per message, spread into one per reading by SQLite (json_each over
-            # {series: value}): per-reading tuples and their binding were the writer's
-            # largest cost, and SQLite works without holding the GIL.
             self._staged += self.db.executemany(
-                "INSERT INTO samples_recent (series, ts, value)"
-                " SELECT CAST(key AS INTEGER), ?, value FROM json_each(?)",
-                samples,
+                "INSERT INTO messages_recent (layout, ts, vals) VALUES (?,?,?)", rows
             ).rowcount
             self.db.executemany(
                 f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,COALESCE(?,'{{}}'),?)"
@@ -321,19 +329,19 @@ class HistoryStore:
         if self._staged >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY:
             self.fold()
 
-    def _series_of(
+    def _layout_of(
         self, uri: str, values: Mapping[str, float], units: Mapping[str, str]
-    ) -> tuple[Series, bool]:
-        """The series numbers of a message's readings, in their order: the first of
-        consecutive ones, or each as text; new series are made (inside the caller's
-        transaction). True with them when this shape and these units are new here: the
-        device's row then needs the units (they rarely change: not rewritten each time)."""
+    ) -> tuple[int, bool]:
+        """The layout of a message's readings, made (with any new series, inside the
+        caller's transaction) when new. True with it when this shape and these units are
+        new here: the device's row then needs the units (they rarely change: not rewritten
+        each time)."""
         names = tuple(values)
         layouts = self._layouts.get(uri)
         known = layouts.get(names) if isinstance(layouts, dict) else layouts
         if known is not None and known[0] == names and known[1] == units:
             return known[2], False
-        # Two statements for all of the message's readings, not two for each.
+        # A few statements for all of the message's readings, not a few for each.
         wanted = {name: units.get(name, "") for name in names}
         self.db.execute(
             "INSERT OR IGNORE INTO series (device, name, unit)"
@@ -346,12 +354,17 @@ class HistoryStore:
                 "SELECT id, name, unit FROM series WHERE device = ?", (uri,)
             )
         }
-        ids = [str(found[(name, unit)]) for name, unit in wanted.items()]
-        first = int(ids[0])
-        series: Series = first if ids == [str(first + i) for i in range(len(ids))] else tuple(ids)
+        ids = [found[(name, unit)] for name, unit in wanted.items()]
+        key = fastjson.dumps_text(ids)
+        self.db.execute("INSERT OR IGNORE INTO layouts (device, series) VALUES (?, ?)", (uri, key))
+        (number,) = self.db.execute("SELECT id FROM layouts WHERE series = ?", (key,)).fetchone()
+        self.db.executemany(
+            "INSERT OR IGNORE INTO layout_series (series, layout, pos) VALUES (?, ?, ?)",
+            [(series, number, pos) for pos, series in enumerate(ids)],
+        )
         shared_names = self._shared.setdefault(names, names)
         shared_units = self._shared.setdefault(tuple(sorted(units.items())), dict(units))
-        layout: Layout = (shared_names, shared_units, series)
+        layout: Layout = (shared_names, shared_units, number)
         if layouts is None or (not isinstance(layouts, dict) and layouts[0] == names):
             self._layouts[uri] = layout
         else:
@@ -360,16 +373,16 @@ class HistoryStore:
             if len(layouts) >= MAX_LAYOUTS:
                 layouts.clear()  # a device whose messages keep changing shape: start again
             layouts[shared_names] = layout
-        return series, True
+        return number, True
 
     def fold(self) -> int:
-        """Move the staged readings into the indexed table; returns how many."""
+        """Move the staged messages into the indexed table; returns how many."""
         with transaction(self.db):
             moved = self.db.execute(
-                "INSERT INTO samples (series, ts, value) SELECT series, ts, value"
-                " FROM samples_recent ORDER BY series, ts, value"
+                "INSERT INTO messages (layout, ts, vals) SELECT layout, ts, vals"
+                " FROM messages_recent ORDER BY layout, ts"
             ).rowcount
-            self.db.execute("DELETE FROM samples_recent")
+            self.db.execute("DELETE FROM messages_recent")
         self._staged = 0
         self._folded_at = time.monotonic()
         return moved
@@ -381,11 +394,18 @@ class HistoryStore:
         return dropped + self.trim(now)
 
     def _delete_before(self, cutoff: float) -> int:
+        """Deletes the messages before `cutoff`; returns how many readings they had."""
+        readings = 0
         with transaction(self.db):
-            return sum(
-                self.db.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,)).rowcount
-                for table in ("samples", "samples_recent")
-            )
+            for table in ("messages", "messages_recent"):
+                (count,) = self.db.execute(
+                    f"SELECT COALESCE(SUM(json_array_length(vals)), 0) FROM {table} WHERE ts < ?",
+                    (cutoff,),
+                ).fetchone()
+                if count:
+                    self.db.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,))
+                    readings += count
+        return int(readings)
 
     def used_bytes(self) -> int:
         """Bytes of the file's pages in use (freed pages are reused before it grows)."""
@@ -409,7 +429,7 @@ class HistoryStore:
             oldest = min(
                 (
                     row[0]
-                    for table in ("samples", "samples_recent")
+                    for table in ("messages", "messages_recent")
                     for row in self.db.execute(f"SELECT MIN(ts) FROM {table}")
                     if row[0] is not None
                 ),
@@ -467,21 +487,23 @@ class HistoryStore:
             return []
         now = time.time() if now is None else now
         start = 0.0 if query.window is None else now - query.window
-        where = "series = ? AND ts >= ? AND ts <= ?"
+        # The series' values in the messages of every layout that has it, in the order of
+        # (ts, value): AVG then adds the same numbers in the same order whichever table or
+        # layout holds them, and the sandbox's answer agrees to the last bit. In the usual
+        # case (one layout, nothing staged) the index gives the ts order and SQLite sorts
+        # only readings of equal times.
+        select = (
+            "SELECT m.ts AS ts, m.vals ->> ls.pos AS value FROM layout_series AS ls"
+            " JOIN {table} AS m ON m.layout = ls.layout"
+            " WHERE ls.series = ? AND m.ts >= ? AND m.ts <= ?"
+        )
         args: tuple[Any, ...] = (series, start, now)
-        source = f"samples WHERE {where}"
-        staged = self.db.execute(
-            "SELECT EXISTS (SELECT 1 FROM samples_recent WHERE series = ?)", (series,)
-        ).fetchone()[0]
-        if staged:
-            # Not folded yet: both tables, in the order the covering index gives (ts, then
-            # value), so that AVG adds the same numbers in the same order whichever table
-            # holds them, and the sandbox's answer agrees to the last bit.
-            source = (
-                f"(SELECT ts, value FROM samples WHERE {where} UNION ALL"
-                f" SELECT ts, value FROM samples_recent WHERE {where} ORDER BY ts, value)"
-            )
+        parts = [select.format(table="messages")]
+        # Another connection (the writer's) stages the new messages: asked, not counted.
+        if self.db.execute("SELECT EXISTS (SELECT 1 FROM messages_recent)").fetchone()[0]:
+            parts.append(select.format(table="messages_recent"))
             args = args * 2
+        source = f"({' UNION ALL '.join(parts)} ORDER BY ts, value)"
         if query.granularity == "all":
             row = self.db.execute(
                 f"SELECT MIN(ts), AVG(value), COUNT(*) FROM {source}", args
@@ -499,12 +521,14 @@ class HistoryStore:
     def _current_series(self, uri: str, name: str) -> int | None:
         """The series of the device's reading with the newest sample (its current unit)."""
         newest: tuple[float, int] | None = None
-        for (series,) in self.db.execute(
-            "SELECT id FROM series WHERE device = ? AND name = ?", (uri, name)
+        for series, layout in self.db.execute(
+            "SELECT ls.series, ls.layout FROM series AS s"
+            " JOIN layout_series AS ls ON ls.series = s.id WHERE s.device = ? AND s.name = ?",
+            (uri, name),
         ).fetchall():
-            for table in ("samples", "samples_recent"):
+            for table in ("messages", "messages_recent"):
                 (ts,) = self.db.execute(
-                    f"SELECT MAX(ts) FROM {table} WHERE series = ?", (series,)
+                    f"SELECT MAX(ts) FROM {table} WHERE layout = ?", (layout,)
                 ).fetchone()
                 if ts is not None and (newest is None or ts > newest[0]):
                     newest = (ts, series)
@@ -669,6 +693,26 @@ def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
             for uri, name, type_, primary, seen in merged.values()
         ],
     )
+
+
+def _samples_to_messages(db: sqlite3.Connection) -> None:
+    """Migration 4's data: each series' samples become messages of a layout of that one
+    series (the layout takes the series' number). Values are written with Python's repr,
+    which gives the same double back, not with SQLite's json_array (15 digits)."""
+    db.execute(
+        "INSERT INTO layouts (id, device, series) SELECT id, device, '[' || id || ']' FROM series"
+    )
+    db.execute("INSERT INTO layout_series (series, layout, pos) SELECT id, id, 0 FROM series")
+    for old, new in (("samples", "messages"), ("samples_recent", "messages_recent")):
+        rows = db.execute(f"SELECT series, ts, value FROM {old} ORDER BY series, ts, value")
+        while chunk := rows.fetchmany(10_000):
+            db.executemany(
+                f"INSERT INTO {new} (layout, ts, vals) VALUES (?, ?, ?)",
+                [(series, ts, f"[{value!r}]") for series, ts, value in chunk],
+            )
+        db.execute(f"DROP TABLE {old}")
+    # Made after the bulk insert; the average query finds a layout's messages by time.
+    db.execute("CREATE INDEX messages_by_layout ON messages (layout, ts)")
 
 
 _BUNDLED_FAMILY = re.compile(r"^(?:[^:]*:)*?(?:shelly|esphome|tasmota):")

@@ -63,7 +63,12 @@ def test_the_history_is_re_keyed_renamed_and_converted(state: Path) -> None:
     old.close()
     store = HistoryStore(state / "history.sqlite3")
     try:
-        assert store.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == rows_before
+        # Every reading kept: a row per reading then, a message of them now.
+        (kept,) = store.db.execute(
+            "SELECT SUM(json_array_length(vals)) FROM"
+            " (SELECT vals FROM messages UNION ALL SELECT vals FROM messages_recent)"
+        ).fetchone()
+        assert kept == rows_before
         uris = {row["uri"] for row in store.devices()}
         assert uris == {SWITCH25, PLUG_S, PLUS1PM, NODE, "tasmota:kitchen"}
         # Shelly 2.5: relay 0 plain, relay 1 suffixed; energy counted in Wh is kWh now.

@@ -1079,21 +1079,21 @@ async def test_http_unknown_device(client: HttpClient) -> None:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=8))
 def test_stored_values_are_the_readings_bit_for_bit(values: list[float]) -> None:
-    """The writer hands SQLite each message's readings as JSON (json_each): what SQLite
-    reads back must be the very floats, or the averages drift from the platform's."""
+    """The writer hands SQLite each message's readings as a JSON array: what SQLite reads
+    back must be the very floats, or the averages drift from the platform's."""
     history = HistoryStore(":memory:")
     try:
         readings = {f"r{i}": value for i, value in enumerate(values)}
         history.record([Reading("dev", 1000.0, readings)])
         history.fold()  # from the staging table into the indexed one
         stored = history.db.execute(
-            "SELECT s.name, x.value FROM samples AS x JOIN series AS s ON s.id = x.series"
-            " ORDER BY s.name"
+            "SELECT s.name, m.vals ->> ls.pos FROM messages AS m"
+            " JOIN layout_series AS ls ON ls.layout = m.layout"
+            " JOIN series AS s ON s.id = ls.series ORDER BY s.name"
         ).fetchall()
-        # Equal as floats, so bit for bit but for the sign of a zero (which SQLite's REAL
-        # storage drops for bound parameters too).
+        # Bit for bit, the sign of a zero included (kept in the JSON text).
         assert [(name, value.hex()) for name, value in stored] == [
-            (name, (value + 0.0).hex()) for name, value in readings.items()
+            (name, value.hex()) for name, value in readings.items()
         ]
     finally:
         history.close()
@@ -1143,29 +1143,29 @@ def test_staged_and_folded_readings_give_the_same_answers_to_the_bit(
 
 
 def test_readings_are_folded_by_count_and_by_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(history_module, "FOLD_ROWS", 10)
+    monkeypatch.setattr(history_module, "FOLD_ROWS", 5)
     store = HistoryStore(":memory:")
     try:
 
-        def counts() -> tuple[int, ...]:
+        def counts() -> tuple[int, ...]:  # messages, folded and staged
             return tuple(
                 store.db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("samples", "samples_recent")
+                for t in ("messages", "messages_recent")
             )
 
         store.record([Reading("dev", 1000.0 + i, {"a": 1.0, "b": 2.0}) for i in range(4)])
-        assert counts() == (0, 8)
+        assert counts() == (0, 4)
         store.record([Reading("dev", 2000.0, {"a": 1.0, "b": 2.0})])
-        assert counts() == (10, 0)  # 10 staged: moved
+        assert counts() == (5, 0)  # 5 staged: moved
         store.record([Reading("dev", 3000.0, {"a": 1.0})])
-        assert counts() == (10, 1)
+        assert counts() == (5, 1)
         monkeypatch.setattr(history_module, "FOLD_EVERY", 0.0)
         store.record([Reading("dev", 3001.0, {"a": 1.0})])
-        assert counts() == (12, 0)  # the time is up: moved whatever the count
-        # Retention covers both tables.
+        assert counts() == (7, 0)  # the time is up: moved whatever the count
+        # Retention covers both tables, and counts readings, not messages.
         monkeypatch.setattr(history_module, "FOLD_EVERY", 3600.0)
         store.record([Reading("dev", 50.0, {"a": 1.0})])
-        assert counts() == (12, 1)
+        assert counts() == (7, 1)
         assert store.expire(now=store.retention + 2500.0) == 10 + 1  # before ts 2500
         assert counts() == (2, 0)
     finally:
@@ -1228,10 +1228,10 @@ def test_the_channels_a_device_reported(store: HistoryStore) -> None:
 
 
 def test_the_history_keeps_to_its_disk_budget_dropping_the_oldest(tmp_path: Path) -> None:
-    """A day of readings of 50 devices in a history allowed 2 MB: the oldest go, the newest
+    """A day of readings of 50 devices in a history allowed 1 MB: the oldest go, the newest
     stay, the pages in use fit the budget and the removed readings are counted."""
     path = tmp_path / "history.sqlite3"
-    budget = 2_000_000
+    budget = 1_000_000
     store = HistoryStore(path, retention=30 * 86400.0, max_bytes=budget)
     start = 1_800_000_000.0
     for minute in range(0, 24 * 60, 2):

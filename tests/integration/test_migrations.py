@@ -73,7 +73,15 @@ def table_counts(path: Path) -> dict[str, int]:
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         ]
-        return {t: int(db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]) for t in tables}
+        counts = {t: int(db.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0]) for t in tables}
+        # Since schema 4 of the history a row is a message: what counts is its readings.
+        for table in ("messages", "messages_recent"):
+            if table in counts:
+                (readings,) = db.execute(
+                    f"SELECT COALESCE(SUM(json_array_length(vals)), 0) FROM {table}"
+                ).fetchone()
+                counts[table] = int(readings)
+        return counts
 
 
 def fixtures() -> list[str]:
@@ -133,6 +141,41 @@ def test_outbox_v0_opens_migrates_and_keeps_its_events(tmp_path: Path) -> None:
         box.close()
 
 
+def test_history_v3_answers_as_it_did_with_a_row_per_message(tmp_path: Path) -> None:
+    """Schema 4 keeps a row per message, not per reading: every device, reading, unit and
+    average of a schema-3 file (made by the last release of schema 3, folded and staged
+    readings, a unit change) is the same after the migration, to the last bit, and a new
+    message of a known shape goes on where the old series stopped."""
+    path = fixture_copy(tmp_path, "history-v3.sqlite3")
+    expected = json.loads((FIXTURES / "history-v3.expected.json").read_text())
+    store = HistoryStore(path, retention=100 * 365 * 86400.0)
+    try:
+        assert store.devices() == expected["devices"]
+        for uri, reading, granularity, rows in expected["averages"]:
+            answer = store.average(uri, Query(None, granularity, reading), now=T0 + 600)
+            assert answer == rows, (uri, reading, granularity)
+        assert table_counts(path)["messages"] + table_counts(path)["messages_recent"] == 52
+        before = store.db.execute("SELECT COUNT(*) FROM series").fetchone()[0]
+        store.record(
+            [
+                history.Reading(
+                    "zigbee2mqtt:thermo",
+                    T0 + 130,
+                    {"temperature": 73.5, "humidity": 45.0},
+                    "temperature",
+                    "Thermo",
+                    "thermometer",
+                    {"temperature": "°F", "humidity": "%"},
+                )
+            ]
+        )
+        assert store.db.execute("SELECT COUNT(*) FROM series").fetchone()[0] == before
+        (row,) = store.average("zigbee2mqtt:thermo", Query(None, "all", None), now=T0 + 600)
+        assert (row["result"], row["data_points"]) == ((71.6 + 72.5 + 73.5) / 3, 3)
+    finally:
+        store.close()
+
+
 def test_history_v0_opens_migrates_and_keeps_its_readings(tmp_path: Path) -> None:
     path = fixture_copy(tmp_path, "history-v0.sqlite3")
     store = HistoryStore(path, retention=100 * 365 * 86400.0)
@@ -149,8 +192,8 @@ def test_history_v0_opens_migrates_and_keeps_its_readings(tmp_path: Path) -> Non
         volts = store.average(KITCHEN, Query(None, "all", "voltage"), now=T0 + 3600)
         assert volts[0]["result"] == 230.0
         assert store.average(PLUG, Query(None, "all", None), now=T0 + 3600)[0]["result"] == 3.5
-        # 10 × (power, voltage) + 1, as samples of 3 series since schema 3
-        assert table_counts(path)["samples"] == 21
+        # 10 × (power, voltage) + 1: readings of 3 series, in messages since schema 4
+        assert table_counts(path)["messages"] == 21
         assert table_counts(path)["series"] == 3
     finally:
         store.close()
@@ -182,8 +225,13 @@ def test_every_fixture_migrates_and_keeps_its_rows(tmp_path: Path, name: str) ->
     opener(path).close()
     after = table_counts(path)
     for table, count in before.items():
-        # Schema 3 of the history keeps readings as samples of series.
-        kept = {"readings": "samples", "readings_recent": "samples_recent"}.get(table, table)
+        # Schema 3 of the history kept readings as samples of series, schema 4 as messages.
+        kept = {
+            "readings": "messages",
+            "readings_recent": "messages_recent",
+            "samples": "messages",
+            "samples_recent": "messages_recent",
+        }.get(table, table)
         assert after.get(kept, 0) >= count, table
     with raw(path) as db:
         assert user_version(db) == latest_version(migrations)
