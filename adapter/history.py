@@ -84,8 +84,12 @@ ALTER TABLE devices ADD COLUMN times TEXT NOT NULL DEFAULT '{}';
 # 10 index entries were most of the history's cost (in CPU and on disk). A device's message
 # shape is a layout, its series in order; `vals` is the JSON array of the message's values
 # in that order, and layout_series says where a series' value is in the layouts that have it.
+# A device's state is in its layouts too (each one's newest message): the devices table
+# keeps name, type, primary and last_seen.
 MESSAGES_SCHEMA = """
-CREATE TABLE layouts (id INTEGER PRIMARY KEY, device TEXT NOT NULL, series TEXT NOT NULL UNIQUE);
+CREATE TABLE layouts (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, series TEXT NOT NULL UNIQUE,
+    last_ts REAL, last_vals TEXT, arrival INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE layout_series (
     series INTEGER NOT NULL, layout INTEGER NOT NULL, pos INTEGER NOT NULL,
     PRIMARY KEY (series, layout)) WITHOUT ROWID;
@@ -241,6 +245,9 @@ class HistoryStore:
         self.used = 0  # bytes of the file's pages in use, at the last look
         self.db = open_versioned(path, MIGRATIONS, "history")
         self._staged = self.db.execute("SELECT COUNT(*) FROM messages_recent").fetchone()[0]
+        # Messages are numbered as they arrive: a device's state takes each reading from
+        # the layout whose message arrived last.
+        self._arrival = self.db.execute("SELECT MAX(arrival) FROM layouts").fetchone()[0] or 0
         self._folded_at = time.monotonic()
         # Per device, per set of reading names: their units and layout number, so a
         # message's row is its layout and its values. Names and units are shared by every
@@ -274,12 +281,12 @@ class HistoryStore:
         # order is the order of arrival, not of the messages' times: a device's clock may
         # be off (a Tasmota before NTP says 1970) or another than the adapter's, which
         # stamps the messages that carry no time.
+        # The state is kept per layout (its last message's values and time, and when it
+        # arrived), so a message costs one short row update, not a merge of JSON texts.
         newest: dict[str, Reading] = {}
         with_primary: dict[str, Reading] = {}
-        merged: dict[str, dict[str, float]] = {}
-        units_of: dict[str, dict[str, str]] = {}
-        times_of: dict[str, dict[str, float]] = {}
         seen: dict[str, float] = {}  # the newest time of each device's messages
+        last: dict[int, tuple[float, str, int, int]] = {}  # per layout: its newest message
         rows = []
         with transaction(self.db):
             for item in batch:
@@ -288,59 +295,49 @@ class HistoryStore:
                 seen[uri] = max(seen.get(uri, item.ts), item.ts)
                 values = item.values
                 if values:
-                    units = item.units or {}
-                    layout, new_units = self._layout_of(uri, values, units)
-                    rows.append((layout, item.ts, fastjson.dumps_text(list(values.values()))))
-                    merged.setdefault(uri, {}).update(values)
-                    if new_units:  # else the device's row has these units already
-                        units_of.setdefault(uri, {}).update(units)
-                    times_of.setdefault(uri, {}).update(dict.fromkeys(values, item.ts))
+                    layout = self._layout_of(uri, values, item.units or {})
+                    text = fastjson.dumps_text(list(values.values()))
+                    rows.append((layout, item.ts, text))
+                    self._arrival += 1
+                    last[layout] = (item.ts, text, self._arrival, layout)
                 if item.primary:
                     with_primary[uri] = item
-            latest = [
-                (
-                    uri,
-                    item.name,
-                    item.device_type,
-                    with_primary.get(uri, item).primary,
-                    seen[uri],
-                    fastjson.dumps_text(merged.get(uri, {})),
-                    fastjson.dumps_text(units_of[uri]) if uri in units_of else None,
-                    fastjson.dumps_text(times_of.get(uri, {})),
-                )
-                for uri, item in newest.items()
-            ]
             self._staged += self.db.executemany(
                 "INSERT INTO messages_recent (layout, ts, vals) VALUES (?,?,?)", rows
             ).rowcount
             self.db.executemany(
-                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,COALESCE(?,'{{}}'),?)"
+                "UPDATE layouts SET last_ts = ?, last_vals = ?, arrival = ? WHERE id = ?",
+                last.values(),
+            )
+            self.db.executemany(
+                f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?)"
                 " ON CONFLICT(uri) DO UPDATE SET"
                 " name = excluded.name, type = excluded.type,"
                 " primary_reading = COALESCE(excluded.primary_reading, primary_reading),"
-                " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen)),"
-                " last_readings = json_patch(last_readings, excluded.last_readings),"
-                " units = CASE excluded.units WHEN '{}' THEN units"
-                " ELSE json_patch(units, excluded.units) END,"
-                " times = json_patch(times, excluded.times)",
-                latest,
+                " last_seen = MAX(excluded.last_seen, COALESCE(last_seen, excluded.last_seen))",
+                [
+                    (
+                        uri,
+                        item.name,
+                        item.device_type,
+                        with_primary.get(uri, item).primary,
+                        seen[uri],
+                    )
+                    for uri, item in newest.items()
+                ],
             )
 
         if self._staged >= FOLD_ROWS or time.monotonic() - self._folded_at >= FOLD_EVERY:
             self.fold()
 
-    def _layout_of(
-        self, uri: str, values: Mapping[str, float], units: Mapping[str, str]
-    ) -> tuple[int, bool]:
+    def _layout_of(self, uri: str, values: Mapping[str, float], units: Mapping[str, str]) -> int:
         """The layout of a message's readings, made (with any new series, inside the
-        caller's transaction) when new. True with it when this shape and these units are
-        new here: the device's row then needs the units (they rarely change: not rewritten
-        each time)."""
+        caller's transaction) when new."""
         names = tuple(values)
         layouts = self._layouts.get(uri)
         known = layouts.get(names) if isinstance(layouts, dict) else layouts
         if known is not None and known[0] == names and known[1] == units:
-            return known[2], False
+            return known[2]
         # A few statements for all of the message's readings, not a few for each.
         wanted = {name: units.get(name, "") for name in names}
         self.db.execute(
@@ -357,7 +354,9 @@ class HistoryStore:
         ids = [found[(name, unit)] for name, unit in wanted.items()]
         key = fastjson.dumps_text(ids)
         self.db.execute("INSERT OR IGNORE INTO layouts (device, series) VALUES (?, ?)", (uri, key))
-        (number,) = self.db.execute("SELECT id FROM layouts WHERE series = ?", (key,)).fetchone()
+        number = int(
+            self.db.execute("SELECT id FROM layouts WHERE series = ?", (key,)).fetchone()[0]
+        )
         self.db.executemany(
             "INSERT OR IGNORE INTO layout_series (series, layout, pos) VALUES (?, ?, ?)",
             [(series, number, pos) for pos, series in enumerate(ids)],
@@ -373,7 +372,7 @@ class HistoryStore:
             if len(layouts) >= MAX_LAYOUTS:
                 layouts.clear()  # a device whose messages keep changing shape: start again
             layouts[shared_names] = layout
-        return number, True
+        return number
 
     def fold(self) -> int:
         """Move the staged messages into the indexed table; returns how many."""
@@ -453,13 +452,36 @@ class HistoryStore:
 
     def devices(self) -> list[dict[str, Any]]:
         rows = self.db.execute(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY uri").fetchall()
-        return [_device_row(r) for r in rows]
+        states = self._states(None)
+        return [_device_row(r, states.get(r[0], {})) for r in rows]
 
     def device(self, uri: str) -> dict[str, Any] | None:
         row = self.db.execute(
             f"SELECT {DEVICE_COLUMNS} FROM devices WHERE uri = ?", (uri,)
         ).fetchone()
-        return None if row is None else _device_row(row)
+        return None if row is None else _device_row(row, self._states(uri).get(uri, {}))
+
+    def _states(self, uri: str | None) -> dict[str, dict[str, tuple[float, str, float]]]:
+        """Per device (one, or all): each reading's value, unit and time, from the newest
+        message of each layout, the one that arrived last winning."""
+        where, args = ("WHERE device = ?", (uri,)) if uri is not None else ("", ())
+        names = {
+            number: (name, unit)
+            for number, name, unit in self.db.execute(
+                f"SELECT id, name, unit FROM series {where}", args
+            )
+        }
+        states: dict[str, dict[str, tuple[float, str, float]]] = {}
+        for device, series, values, ts in self.db.execute(
+            "SELECT device, series, last_vals, last_ts FROM layouts"
+            f" {where}{' AND' if where else ' WHERE'} last_vals IS NOT NULL ORDER BY arrival",
+            args,
+        ):
+            state = states.setdefault(device, {})
+            for number, value in zip(json.loads(series), json.loads(values), strict=True):
+                name, unit = names[number]
+                state[name] = (value, unit, ts)
+        return states
 
     def channels(self, uri: str) -> list[str]:
         """The channels a device has reported: `x` of its `state_x` readings, and the
@@ -587,18 +609,18 @@ def _row(bucket: float, average: float, count: int) -> dict[str, Any]:
     return {"time_stamp": format_stamp(bucket), "result": float(average), "data_points": count}
 
 
-DEVICE_COLUMNS = "uri, name, type, primary_reading, last_seen, last_readings, units, times"
+DEVICE_COLUMNS = "uri, name, type, primary_reading, last_seen"
 
 
-def _device_row(row: Iterable[Any]) -> dict[str, Any]:
-    uri, name, type_, primary, last_seen, last_readings, units, times = row
-    values = json.loads(last_readings)
-    unit_of, time_of = json.loads(units), json.loads(times)
+def _device_row(
+    row: Iterable[Any], state: Mapping[str, tuple[float, str, float]]
+) -> dict[str, Any]:
+    uri, name, type_, primary, last_seen = row
     readings = {}
-    for reading, value in values.items():
-        entry = {"value": value, "ts": time_of.get(reading, last_seen)}
-        if unit_of.get(reading):
-            entry["unit"] = unit_of[reading]
+    for reading, (value, unit, ts) in state.items():
+        entry: dict[str, Any] = {"value": value, "ts": ts}
+        if unit:
+            entry["unit"] = unit
         readings[reading] = entry
     return {
         "uri": uri,
@@ -606,7 +628,7 @@ def _device_row(row: Iterable[Any]) -> dict[str, Any]:
         "type": type_,
         "primary": primary,
         "last_seen": None if last_seen is None else format_stamp(last_seen),
-        "last_readings": values,
+        "last_readings": {reading: entry["value"] for reading, entry in readings.items()},
         # name -> {"value", "unit" (when known), "ts" (epoch seconds)}
         "readings": readings,
     }
@@ -678,7 +700,8 @@ def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
             row[3] = next((n for n in ("power", "temperature") if n in readings), row[3])
     db.execute("DELETE FROM devices")
     db.executemany(
-        f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+        "INSERT INTO devices (uri, name, type, primary_reading, last_seen, last_readings,"
+        " units, times) VALUES (?,?,?,?,?,?,?,?)",
         [
             (
                 uri,
@@ -697,8 +720,9 @@ def _one_device_per_physical_device(db: sqlite3.Connection) -> None:
 
 def _samples_to_messages(db: sqlite3.Connection) -> None:
     """Migration 4's data: each series' samples become messages of a layout of that one
-    series (the layout takes the series' number). Values are written with Python's repr,
-    which gives the same double back, not with SQLite's json_array (15 digits)."""
+    series (the layout takes the series' number), and each device's state goes to those
+    layouts. Values are written with Python's repr, which gives the same double back, not
+    with SQLite's json_array (15 digits)."""
     db.execute(
         "INSERT INTO layouts (id, device, series) SELECT id, device, '[' || id || ']' FROM series"
     )
@@ -713,6 +737,40 @@ def _samples_to_messages(db: sqlite3.Connection) -> None:
         db.execute(f"DROP TABLE {old}")
     # Made after the bulk insert; the average query finds a layout's messages by time.
     db.execute("CREATE INDEX messages_by_layout ON messages (layout, ts)")
+    # Each device's state moves from its row's JSON texts to its one-series layouts (one
+    # value per reading name: the order they are numbered in does not matter).
+    arrival = 0
+    for uri, readings, units, times, last_seen in db.execute(
+        "SELECT uri, last_readings, units, times, last_seen FROM devices"
+    ).fetchall():
+        unit_of, time_of = json.loads(units), json.loads(times)
+        for name, value in json.loads(readings).items():
+            if (number := _finite(value)) is None:
+                continue
+            unit = unit_of.get(name) or ""
+            db.execute(
+                "INSERT OR IGNORE INTO series (device, name, unit) VALUES (?, ?, ?)",
+                (uri, name, unit),
+            )
+            (series,) = db.execute(
+                "SELECT id FROM series WHERE device = ? AND name = ? AND unit = ?",
+                (uri, name, unit),
+            ).fetchone()
+            db.execute(
+                "INSERT OR IGNORE INTO layouts (id, device, series) VALUES (?, ?, ?)",
+                (series, uri, f"[{series}]"),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO layout_series (series, layout, pos) VALUES (?, ?, 0)",
+                (series, series),
+            )
+            arrival += 1
+            db.execute(
+                "UPDATE layouts SET last_ts = ?, last_vals = ?, arrival = ? WHERE id = ?",
+                (time_of.get(name, last_seen), f"[{number!r}]", arrival, series),
+            )
+    for column in ("last_readings", "units", "times"):
+        db.execute(f"ALTER TABLE devices DROP COLUMN {column}")
 
 
 _BUNDLED_FAMILY = re.compile(r"^(?:[^:]*:)*?(?:shelly|esphome|tasmota):")
