@@ -200,6 +200,9 @@ async def _run_locked(settings: Settings, mappings: MappingSet, state_dir: Path)
                 forward_retained=settings.forward_retained,
                 event_max_bytes=settings.event_max_bytes,
                 on_disk_full=mqtt.hold,
+                owns=None
+                if settings.adapter_partition is None
+                else settings.adapter_partition.owns,
             )
             commands = CommandHandler(
                 commands=connector.commands,
@@ -296,6 +299,8 @@ def partition_words(settings: Settings) -> str:
         words.append(f"device topics under {settings.mqtt_topic_prefix}")
     if settings.mqtt_shared_group:
         words.append(f"in shared group {settings.mqtt_shared_group}")
+    if settings.adapter_partition is not None:
+        words.append(f"forwarding the devices of partition {settings.adapter_partition}")
     return f" {' '.join(words)}," if words else ""
 
 

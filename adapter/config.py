@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ class Settings:
     adapter_instance: str = ""
     mqtt_topic_prefix: str = ""
     mqtt_shared_group: str = ""
+    adapter_partition: Partition | None = None
     sources: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), compare=False, repr=False
     )
@@ -295,6 +297,31 @@ def _topic_prefix(text: str) -> str:
             "expected topic levels without wildcards, not starting with $ or /, such as part/0/"
         )
     return value if value.endswith("/") else value + "/"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """ADAPTER_PARTITION `index/count`: the instance of a fleet that forwards the devices
+    whose URI hashes to `index` (CRC-32, the same on every machine and Python)."""
+
+    index: int
+    count: int
+
+    def owns(self, uri: str) -> bool:
+        return zlib.crc32(uri.encode("utf-8")) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def _partition(text: str) -> Partition | None:
+    value = text.strip()
+    if not value:
+        return None
+    match = re.fullmatch(r"([0-9]{1,4})/([0-9]{1,4})", value)
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError("expected <index>/<count> with 0 <= index < count, such as 0/2")
+    return Partition(int(match[1]), int(match[2]))
 
 
 def _share_group(text: str) -> str:
@@ -564,6 +591,13 @@ SPECS: tuple[_Spec, ...] = (
         "",
         "subscribe every device filter as $share/<group>/<filter>",
         "GROUP",
+    ),
+    _Spec(
+        "ADAPTER_PARTITION",
+        _partition,
+        "",
+        "k/N: forward only the devices whose URI hashes to k of N (every instance reads all)",
+        "K/N",
     ),
 )
 BY_ENV = {spec.env: spec for spec in SPECS}

@@ -142,6 +142,7 @@ class Pipeline:
         forward_retained: str,
         event_max_bytes: int = 2**20,
         on_disk_full: Callable[[bool], None] = lambda full: None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.mappings = mappings
         self.outbox = outbox
@@ -153,6 +154,8 @@ class Pipeline:
         self.forward_retained = forward_retained
         self.event_max_bytes = event_max_bytes
         self.on_disk_full = on_disk_full  # the link stops its keep-alive while the disk is full
+        # ADAPTER_PARTITION: the devices this instance of a fleet forwards (None: all).
+        self.owns = owns
         self.disk_full_since: float | None = None
         self.counts: Counter[str] = Counter()
         self.online: dict[str, bool | None] = {}
@@ -300,6 +303,9 @@ class Pipeline:
         if outcome is None:
             counts["unmapped"] += 1
             self._note_unmapped(message.topic)
+        elif self.owns is not None and not self.owns(outcome.device.uri):
+            # Another instance's device: it forwards, dead-letters and tracks it.
+            counts["other_partition"] += 1
         elif isinstance(outcome, Rejected):
             counts["rejected"] += 1
             rule = outcome.rule

@@ -67,3 +67,13 @@ class FakeTasmota:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    def command(self, sandbox: SandboxProcess, service: str) -> Any:
+        """The platform's command to this plug (`tasmota:<topic>`) and its answer; the
+        plug is closed afterwards."""
+        try:
+            return http_json(
+                f"{sandbox.url}/commands", {"device": f"tasmota:{self.topic}", "service": service}
+            )
+        finally:
+            self.close()

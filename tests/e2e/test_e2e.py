@@ -79,12 +79,7 @@ def test_command_round_trip(
     publish(broker.port, "tele/kitchen/SENSOR", POW_SENSOR)
     wait_until(lambda: events_of(sandbox, "tasmota:kitchen"), 15, "the device to be attached")
     device = FakeTasmota(broker.port, "kitchen")
-    try:
-        answer = http_json(
-            f"{sandbox.url}/commands", {"device": "tasmota:kitchen", "service": "off"}
-        )
-    finally:
-        device.close()
+    answer = device.command(sandbox, "off")
 
     assert device.commands == [("cmnd/kitchen/POWER", b"OFF")]
     request, response = answer["request"], answer["response"]

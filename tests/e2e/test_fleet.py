@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from adapter.config import Partition
 from sepl_dev.broker import Broker, free_port
 from sepl_dev.stack import SandboxProcess
 from tests.e2e.test_discovery_e2e import PLUG_MAC, AnyTypeSandbox
@@ -150,6 +151,50 @@ def test_a_shared_group_splits_the_messages_between_the_instances(
     owned = [set(uris) for uris in attached.values()]
     assert len(owned) == 2 and all(owned) and not owned[0] & owned[1]
     assert "in shared group sepl, subscribed to" in first.log_text()
+
+
+def test_a_partition_by_device_needs_no_partitioning_broker(
+    broker: Broker, sandbox: SandboxProcess, tmp_path: Path
+) -> None:
+    """ADAPTER_PARTITION k/N: every instance reads every message and forwards the devices
+    whose URI hashes to its k, in order, each attached by one gateway; a command goes to
+    the owner and its reply (read by both) is the owner's."""
+    first = instance(broker, sandbox, tmp_path, "h0", {"ADAPTER_PARTITION": "0/2"}).start()
+    second = instance(broker, sandbox, tmp_path, "h1", {"ADAPTER_PARTITION": "1/2"}).start()
+    names = [f"meter{n}" for n in range(20)]
+    try:
+        for seq in range(3):
+            for name in names:
+                payload = json.loads(POW_SENSOR)
+                payload["ENERGY"]["Power"] = seq
+                publish(broker.port, f"tele/{name}/SENSOR", json.dumps(payload))
+
+        def forwarded(uri: str) -> bool:
+            return len(events_of(sandbox, uri)) == 3
+
+        for name in names:
+            wait_until(functools.partial(forwarded, f"tasmota:{name}"), 15, name)
+        owner = {
+            uri: gateway for gateway, uris in attached_by_gateway(sandbox).items() for uri in uris
+        }
+        by_gateway = {gateway_of(tmp_path / "state-h0"): 0, gateway_of(tmp_path / "state-h1"): 1}
+        answer = FakeTasmota(broker.port, "meter7").command(sandbox, "off")
+    finally:
+        first.stop()
+        second.stop()
+    owned = {0: 0, 1: 0}
+    for name in names:
+        uri = f"tasmota:{name}"
+        index = by_gateway[owner[uri]]
+        assert Partition(index, 2).owns(uri)  # the owner is the partition's instance
+        owned[index] += 1
+        sent = [json.loads(e["parts"]["metadata"]) for e in events_of(sandbox, uri)]
+        powers = [m["readings"]["power"] for m in sent if m["topic"].endswith("/SENSOR")]
+        assert powers == [0.0, 1.0, 2.0]  # once each, in order
+    assert all(owned.values()), owned  # 20 devices: both instances own some
+    parts = {p["name"]: p["value"] for p in answer["response"]["protocol_parts"]}
+    assert json.loads(parts["data"]) == {"POWER": "OFF"}
+    assert "forwarding the devices of partition 0/2" in first.log_text()
 
 
 def test_a_discovered_device_is_put_by_the_instance_of_its_partition_only(

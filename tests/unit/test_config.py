@@ -78,6 +78,7 @@ CONFIGURATION_NAMES = [
     "ADAPTER_INSTANCE",  # [15]: after [14]'s, in the order they were added
     "MQTT_TOPIC_PREFIX",
     "MQTT_SHARED_GROUP",
+    "ADAPTER_PARTITION",
 ]
 
 
@@ -926,7 +927,36 @@ def test_a_topic_prefix_ends_with_a_level_separator(given: str, expected: str) -
         ("MQTT_SHARED_GROUP", "a/b"),
         ("MQTT_SHARED_GROUP", "a+"),
         ("MQTT_SHARED_GROUP", "a b"),
+        ("ADAPTER_PARTITION", "2/2"),
+        ("ADAPTER_PARTITION", "0/0"),
+        ("ADAPTER_PARTITION", "1"),
+        ("ADAPTER_PARTITION", "-1/2"),
+        ("ADAPTER_PARTITION", "a/b"),
     ],
 )
 def test_fleet_settings_refuse_what_would_break_a_topic(name: str, value: str) -> None:
     assert error_of(None, {name: value}).startswith(f"{name}={value!r} is not valid")
+
+
+def test_a_partition_is_read_and_shown_as_given() -> None:
+    settings = config.load(None, {**HOME, "ADAPTER_PARTITION": " 1/3 "})
+    assert settings.adapter_partition == config.Partition(1, 3)
+    assert str(settings.adapter_partition) == "1/3"
+    assert config.load(None, HOME).adapter_partition is None
+
+
+@given(st.text(min_size=1, max_size=80), st.integers(min_value=1, max_value=64))
+def test_every_device_has_exactly_one_partition(uri: str, count: int) -> None:
+    owners = [k for k in range(count) if config.Partition(k, count).owns(uri)]
+    assert len(owners) == 1
+
+
+def test_partitions_are_the_same_on_every_machine_and_spread_devices() -> None:
+    """CRC-32 of the URI: no per-process hash seed, so every instance agrees."""
+    # Fixed values (CRC-32 0x1d3c1b6e): a change of the hash would move devices.
+    assert config.Partition(0, 2).owns("tasmota:meter000")
+    assert config.Partition(3, 7).owns("tasmota:meter000")
+    assert config.Partition(4, 5).owns("shelly:shellyplug-s-C45BBE6B1A2F")
+    uris = [f"tasmota:meter{n:03d}" for n in range(1000)]
+    sizes = [sum(config.Partition(k, 4).owns(u) for u in uris) for k in range(4)]
+    assert min(sizes) > 200, sizes
