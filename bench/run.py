@@ -1300,6 +1300,26 @@ def table(results: dict[str, Any], s: Settings) -> list[str]:
                 m["rules_10000_per_s"],
                 m["slower_vs_faster"],
             )
+    if f := ok("fleet"):
+        # Two instances against one, on the same 3-node NATS cluster and load (issue [15]).
+        one, two = f["one"], f["two"]
+        label = f"F fleet on 3 NATS nodes, {one['messages']:,} msgs, {one['devices']:,} devices"
+        row(
+            f"{label}: events/s, one / two instances",
+            pair(one["rate"], two["rate"]),
+            None,
+            f["ratio_rate"],
+        )
+        row(f"{label}: lost, one / two", pair(one["lost"], two["lost"]), target="0 lost")
+        row(f"{label}: duplicated, one / two", pair(one["duplicates"], two["duplicates"]))
+        row(
+            f"{label}: adapters' CPU s per 10k msgs, one / two",
+            pair(one["adapters_cpu_s_per_10k"], two["adapters_cpu_s_per_10k"]),
+        )
+        row(
+            f"{label}: NATS CPU s per 10k msgs, one / two",
+            pair(one["nats_cpu_s_per_10k"], two["nats_cpu_s_per_10k"]),
+        )
     head = ("scenario", "adapter", "naive", "ratio", "target")
     widths = [max(len(r[i]) for r in [*rows, head]) for i in range(5)]
 
